@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo lock clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml scripts/setup_env.sh
+	PYTHON=$(PYTHON) scripts/setup_env.sh $(VENV)
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VENV)/bin/lucie demo
+
+# Re-freeze requirements.txt from the current venv (after changing a top-level pin).
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -v '^nvidia-resiliency-ext==' > requirements.lock.tmp
+	sed -n '/^#/p' requirements.txt > requirements.txt.new
+	cat requirements.lock.tmp >> requirements.txt.new
+	mv requirements.txt.new requirements.txt && rm requirements.lock.tmp
+
+clean-venv:
+	rm -rf $(VENV)

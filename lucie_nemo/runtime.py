@@ -1,0 +1,42 @@
+"""Prepare the process before Megatron-Bridge is imported or run (called by every entry point)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import warnings
+
+from lucie_nemo import cpu_support
+
+_NOISY_LOGGERS = ("megatron.bridge.utils.import_utils", "megatron.core.utils")
+
+
+def quiet_imports() -> None:
+    """Megatron logs a traceback for every optional import it cannot resolve (FP8 managers,
+    Apex, ...) and warns about each missing fused kernel; keep the console for real news."""
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|APEX).*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def use_prebuilt_dataset_helpers() -> None:
+    """initialize_megatron runs `make` in megatron/core/datasets to build the index helpers;
+    wheel installs ship the compiled ``helpers_cpp`` but no Makefile, so the build fails and
+    the run exits. Skip the build when the compiled helpers import."""
+    if importlib.util.find_spec("megatron.core.datasets.helpers_cpp") is None:
+        return
+    import megatron.bridge.training.initialize as initialize
+
+    initialize.compile_helpers = lambda: None
+
+
+def prepare() -> None:
+    """Make megatron-core and Megatron-Bridge usable here (GPU as is; CPU through cpu_support)."""
+    quiet_imports()
+    cpu_support.install_import_hook()
+    use_prebuilt_dataset_helpers()
+    cpu_support.activate()
+    from lucie_nemo.training import keep_batch_rampup
+
+    keep_batch_rampup()

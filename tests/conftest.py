@@ -1,0 +1,35 @@
+"""Shared test fixtures: the Megatron runtime, the shared reference folder, a one-process world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def megatron_runtime():
+    """Megatron-Bridge made importable and runnable here (CPU redirects when CUDA is absent)."""
+    from lucie_nemo import runtime
+
+    runtime.prepare()
+
+
+@pytest.fixture
+def world(megatron_runtime):
+    """gloo, world size 1, Megatron model-parallel state initialised."""
+    from lucie_nemo.distributed import single_process_world
+
+    with single_process_world():
+        yield
+
+
+def pytest_report_header(config):
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device: GPU-only checks are skipped (bench/gpu_check.sh runs them on a GPU machine)"
+    return f"CUDA device: {torch.cuda.get_device_name(0)}"

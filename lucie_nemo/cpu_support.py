@@ -256,6 +256,7 @@ def install_import_hook() -> None:
 # --- activation ------------------------------------------------------------------------
 
 _active = False
+ORIGINALS: dict[tuple[str, str], Any] = {}  # (module, attribute) -> the upstream object replaced
 
 
 def activate() -> bool:
@@ -268,7 +269,11 @@ def activate() -> bool:
         importlib.import_module(name).torch = CPU_TORCH
     for redirect in FUNCTION_REDIRECTS:
         module = importlib.import_module(redirect.module)
-        setattr(module, redirect.attribute, redirect.make(getattr(module, redirect.attribute)))
+        original = getattr(module, redirect.attribute)
+        ORIGINALS[(redirect.module, redirect.attribute)] = original
+        replacement = redirect.make(original)
+        replacement.lucie_redirect = redirect
+        setattr(module, redirect.attribute, replacement)
     torch.Tensor.cuda = _tensor_cuda_is_identity
     _active = True
     return _active
@@ -282,6 +287,10 @@ def adapt_config_for_cpu(cfg) -> None:
     cfg.mixed_precision = None
     cfg.dist.distributed_backend = "gloo"
     cfg.rng.inference_rng_tracker = True  # the default tracker needs torch.cuda RNG states
+    # ...and the CPU tracker saves no states, which Bridge's loader treats as a broken checkpoint
+    # on resume. Nothing random is drawn after init here (dropout 0; data order follows
+    # consumed samples), so a resumed CPU run continues identically without them.
+    cfg.checkpoint.load_rng = False
     # The distributed optimizer requires torch.cuda parameter types; at world size 1 it is
     # the plain optimizer anyway.
     cfg.optimizer.use_distributed_optimizer = False

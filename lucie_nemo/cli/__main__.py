@@ -1,0 +1,3 @@
+from lucie_nemo.cli import main
+
+main()

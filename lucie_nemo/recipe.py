@@ -1,0 +1,258 @@
+"""The Lucie-7B recipe mechanism: a phase's facts -> a Megatron-Bridge ConfigContainer.
+
+recipes/ declares the phases with this; everything that computes (layout, rampup,
+sample-based scheduler, precision, recompute) is here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from megatron.core.distributed import DistributedDataParallelConfig
+from megatron.core.optimizer import OptimizerConfig
+from megatron.bridge.training.config import (
+    CheckpointConfig,
+    DistributedInitConfig,
+    GPTDatasetConfig,
+    LoggerConfig,
+    MockGPTDatasetConfig,
+    RNGConfig,
+    SchedulerConfig,
+    TokenizerConfig,
+    TrainingConfig,
+    ValidationConfig,
+)
+
+from lucie_nemo.errors import UserError
+from lucie_nemo.model import LucieModelProvider, lucie_7b
+from lucie_nemo.phases import Phase
+from lucie_nemo.schedule import PhaseSchedule
+from lucie_nemo.training import SampleSchedule, SampleScheduledConfigContainer
+
+Precision = Literal["bf16", "fp8"]
+
+# Megatron-Bridge mixed-precision presets. FP8 on Hopper: per-tensor *current* scaling
+# ("tensorwise"): no amax history to tune or to go stale after a data or LR change, the
+# recipe NVIDIA recommends for Hopper pre-training stability; MXFP8 needs Blackwell,
+# delayed scaling is the older, less robust default.
+PRECISION_PRESETS: dict[str, str] = {
+    "bf16": "bf16_mixed",
+    "fp8": "bf16_with_fp8_current_scaling_mixed",
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one run is laid out on its allocation."""
+
+    nodes: int
+    gpus_per_node: int
+    tensor_parallel: int
+    pipeline_parallel: int
+    context_parallel: int = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def model_parallel(self) -> int:
+        return self.tensor_parallel * self.pipeline_parallel * self.context_parallel
+
+    @property
+    def data_parallel(self) -> int:
+        if self.world_size % self.model_parallel:
+            raise UserError(
+                f"{self.world_size} GPUs ({self.nodes} nodes x {self.gpus_per_node}) are not divisible by "
+                f"TP x PP x CP = {self.tensor_parallel} x {self.pipeline_parallel} x {self.context_parallel}: "
+                "change --nodes or the parallel sizes"
+            )
+        return self.world_size // self.model_parallel
+
+
+def original_layout(phase: Phase, nodes: int | None = None, gpus_per_node: int | None = None) -> Layout:
+    """The phase's original TP/PP, on ``nodes`` nodes (default: the original node count)."""
+    layout = phase.original_layout
+    return Layout(
+        nodes=nodes or layout.nodes,
+        gpus_per_node=gpus_per_node or layout.gpus_per_node,
+        tensor_parallel=layout.tensor_parallel,
+        pipeline_parallel=layout.pipeline_parallel,
+    )
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a phase run reads data and writes checkpoints and logs."""
+
+    output_dir: Path
+    data_root: Path | None = None  # None: Megatron's mock data (smoke tests)
+    initial_checkpoint: str | None = None  # weights-only start (phases 2 and 3)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.output_dir / "tensorboard"
+
+
+def _recompute(provider: LucieModelProvider, seq_length: int, micro_batch_size: int) -> None:
+    """Activation recompute chosen for 80 GB H100s. At 4,096 x mbs 2 with TP4 + sequence
+    parallel and flash attention, a stage's activations (8 layers, <= 4 micro-batches in
+    flight) take ~10 GB: no recompute. At 32,000 x mbs 4 they would take ~140 GB, so keep
+    only each layer's input (full, uniform, 1 layer) and recompute the rest."""
+    if seq_length * micro_batch_size > 4_096 * 2:
+        provider.recompute_granularity = "full"
+        provider.recompute_method = "uniform"
+        provider.recompute_num_layers = 1
+
+
+def _dataset(phase: Phase, provider: LucieModelProvider, paths: RunPaths):
+    common = dict(
+        random_seed=phase.seed,
+        seq_length=provider.seq_length,
+        reset_attention_mask=False,
+        reset_position_ids=False,
+        eod_mask_loss=False,
+        num_dataset_builder_threads=1,
+        split="9999,8,2",
+        data_sharding=True,
+        dataloader_type="single",
+        skip_getting_attention_mask_from_dataset=True,
+    )
+    if paths.data_root is None:
+        return MockGPTDatasetConfig(**common)
+    from lucie_nemo.data.blends import phase_blend
+
+    return GPTDatasetConfig(blend=phase_blend(phase.blend, paths.data_root).megatron_blend(), **common)
+
+
+def build_config(
+    phase: Phase,
+    layout: Layout,
+    paths: RunPaths,
+    *,
+    model: LucieModelProvider | None = None,
+    precision: Precision = "bf16",
+    fp8_bf16_first_last_layers: bool = True,
+) -> SampleScheduledConfigContainer:
+    """A full Megatron-Bridge training config for ``phase`` on ``layout``."""
+    if precision not in PRECISION_PRESETS:
+        raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISION_PRESETS)}")
+    provider = model or lucie_7b(phase)
+    provider.seq_length = phase.seq_length
+    provider.rotary_base = phase.rotary_base
+    provider.tensor_model_parallel_size = layout.tensor_parallel
+    provider.pipeline_model_parallel_size = layout.pipeline_parallel
+    provider.context_parallel_size = layout.context_parallel
+    provider.sequence_parallel = layout.tensor_parallel > 1
+    _recompute(provider, phase.seq_length, phase.micro_batch_size)
+
+    schedule = PhaseSchedule(phase)
+    rampup = phase.rampup
+    optimizer = phase.optimizer
+    lr = phase.lr
+
+    mixed_precision = PRECISION_PRESETS[precision]
+    if precision == "fp8":
+        from megatron.bridge.training.mixed_precision import get_mixed_precision_config
+
+        mixed_precision = get_mixed_precision_config(mixed_precision)
+        mixed_precision.first_last_layers_bf16 = fp8_bf16_first_last_layers
+
+    return SampleScheduledConfigContainer(
+        model=provider,
+        train=TrainingConfig(
+            train_iters=schedule.train_iters,
+            global_batch_size=phase.global_batch_size,
+            micro_batch_size=phase.micro_batch_size,
+            rampup_batch_size=[rampup.start, rampup.increment, rampup.samples] if rampup else None,
+            manual_gc=True,
+            manual_gc_interval=100,
+            exit_signal_handler=True,
+        ),
+        sample_schedule=SampleSchedule(
+            warmup_samples=lr.warmup_samples, decay_samples=lr.decay_samples, train_samples=phase.train_samples
+        ),
+        validation=ValidationConfig(eval_interval=None, eval_iters=0),
+        optimizer=OptimizerConfig(
+            optimizer="adam",
+            lr=lr.max_lr,
+            min_lr=lr.min_lr,
+            weight_decay=optimizer.weight_decay,
+            adam_beta1=optimizer.adam_beta1,
+            adam_beta2=optimizer.adam_beta2,
+            adam_eps=optimizer.adam_eps,
+            clip_grad=optimizer.clip_grad,
+            bf16=True,
+            use_distributed_optimizer=True,
+            overlap_param_gather=True,
+        ),
+        scheduler=SchedulerConfig(
+            lr_decay_style=lr.style,
+            lr_warmup_iters=0,
+            lr_warmup_init=0.0,
+            start_weight_decay=optimizer.weight_decay,
+            end_weight_decay=optimizer.weight_decay,
+            weight_decay_incr_style="constant",
+        ),
+        ddp=DistributedDataParallelConfig(
+            use_distributed_optimizer=True,
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=True,
+            overlap_param_gather=True,
+            average_in_collective=True,
+            check_for_nan_in_grad=True,
+        ),
+        dataset=_dataset(phase, provider, paths),
+        logger=LoggerConfig(
+            log_interval=1 if schedule.train_iters < 1_000 else 10,
+            tensorboard_dir=str(paths.tensorboard),
+            log_timers_to_tensorboard=True,
+        ),
+        # Training reads pre-tokenised data; the vocabulary size is all the trainer needs.
+        tokenizer=TokenizerConfig(tokenizer_type="NullTokenizer", vocab_size=provider.vocab_size),
+        checkpoint=CheckpointConfig(
+            save=str(paths.checkpoints),
+            load=str(paths.checkpoints),
+            save_interval=phase.save_interval,
+            pretrained_checkpoint=paths.initial_checkpoint,
+            ckpt_format="torch_dist",
+            fully_parallel_save=True,
+            most_recent_k=-1,
+        ),
+        rng=RNGConfig(seed=phase.seed),
+        dist=DistributedInitConfig(),
+        mixed_precision=mixed_precision,
+    )
+
+
+def phase_recipe(
+    phase: Phase,
+    *,
+    nodes: int | None = None,
+    gpus_per_node: int | None = None,
+    precision: Precision = "bf16",
+    output_root: str | os.PathLike = "runs",
+    data_root: str | os.PathLike | None = None,
+    initial_checkpoint: str | None = None,
+    model: LucieModelProvider | None = None,
+) -> SampleScheduledConfigContainer:
+    """The base Lucie-7B recipe applied to ``phase``: the phase's original layout on ``nodes``
+    nodes, outputs under ``output_root/<phase>``, and, for phases 2 and 3, the weights of the
+    previous phase's last checkpoint (``output_root/<previous>/checkpoints``) unless
+    ``initial_checkpoint`` names another (a torch_dist checkpoint or a Hugging Face folder)."""
+    root = Path(output_root)
+    if phase.starts_from and initial_checkpoint is None:
+        initial_checkpoint = str(RunPaths(root / phase.starts_from).checkpoints)
+    paths = RunPaths(
+        output_dir=root / phase.name,
+        data_root=Path(data_root) if data_root is not None else None,
+        initial_checkpoint=initial_checkpoint,
+    )
+    return build_config(phase, original_layout(phase, nodes, gpus_per_node), paths, model=model, precision=precision)

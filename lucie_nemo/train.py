@@ -1,0 +1,77 @@
+"""Train one phase with Megatron-Bridge: the entry point nemo-run launches (and `lucie train`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from lucie_nemo import runtime
+
+
+def build_phase_config(
+    phase: str,
+    *,
+    overrides: Sequence[str] = (),
+    tiny: bool = False,
+    vocab_size: int | None = None,
+    **recipe_options,
+):
+    """The phase recipe with ``key=value`` overrides applied (Megatron-Bridge's Hydra syntax).
+
+    ``tiny`` trains the scaled-down phases (lucie_nemo.demo_scale) on a tiny Lucie-shaped model.
+    """
+    from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides
+
+    from lucie_nemo import cpu_support
+    from lucie_nemo.errors import UserError
+    from lucie_nemo.phases import get_phase
+    from lucie_nemo.recipe import phase_recipe
+
+    selected = get_phase(phase)
+    if tiny:
+        from lucie_nemo.demo_scale import demo_phase
+        from lucie_nemo.model import TINY, lucie_tiny
+
+        selected = demo_phase(selected)
+        recipe_options.setdefault("model", lucie_tiny(selected, vocab_size or TINY.vocab_size))
+    cfg = phase_recipe(selected, **recipe_options)
+    if overrides:
+        try:
+            process_config_with_overrides(cfg, cli_overrides=list(overrides))
+        except Exception as error:  # Hydra/OmegaConf raise many types; the message says what is wrong
+            raise UserError(f"cannot apply overrides {list(overrides)}: {error}") from None
+    if not cpu_support.transformer_engine_installed() or not _cuda():
+        cpu_support.adapt_config_for_cpu(cfg)
+    return cfg
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def train_phase(phase: str, **options) -> None:
+    """Build, validate and train ``phase`` in this process group (torchrun or a single process)."""
+    runtime.prepare()
+    from megatron.bridge.training.gpt_step import forward_step
+    from megatron.bridge.training.pretrain import pretrain
+
+    from lucie_nemo.validation import check_layout
+
+    cfg = build_phase_config(phase, **options)
+    check_layout(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    _single_process_defaults()
+    pretrain(cfg, forward_step)
+
+
+def _single_process_defaults() -> None:
+    """Outside torchrun/srun, behave as rank 0 of a world of one."""
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        from lucie_nemo.distributed import free_port
+
+        os.environ["MASTER_PORT"] = str(free_port())

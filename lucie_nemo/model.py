@@ -1,6 +1,6 @@
 """Lucie-7B on megatron-core, declared once as a Megatron-Bridge GPT model provider.
 
-Every architecture fact lives in ``LucieShape`` (sizes) and ``LucieModelProvider``
+Every architecture fact lives in ``lucie_nemo.architecture`` (sizes) and ``LucieModelProvider``
 (rules shared by every size: SwiGLU, RMSNorm, GQA, RoPE without scaling, no
 biases, untied embeddings, init std 0.009). ``lucie_7b()`` and ``lucie_tiny()``
 build providers for a phase; recipes, converters, the CLI and the tests use them.
@@ -10,51 +10,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+__all__ = ["LUCIE_7B", "TINY", "LucieModelProvider", "LucieShape", "lucie_7b", "lucie_tiny", "use_local_layers"]
+
 import torch
 import torch.nn.functional as F
 
 from lucie_nemo import cpu_support
+from lucie_nemo.architecture import LUCIE_7B, TINY, LucieShape
 from lucie_nemo.phases import PRETRAIN, Phase
 
 cpu_support.install_import_hook()  # `import megatron.bridge` needs it where Transformer Engine is absent
 
 from megatron.bridge.models.gpt_provider import GPTModelProvider, local_layer_spec  # noqa: E402
-
-
-@dataclass(frozen=True)
-class LucieShape:
-    """The sizes of a Lucie-shaped model (everything else is shared)."""
-
-    num_layers: int
-    hidden_size: int
-    ffn_hidden_size: int
-    num_attention_heads: int
-    num_query_groups: int
-    vocab_size: int
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-
-LUCIE_7B = LucieShape(
-    num_layers=32,
-    hidden_size=4_096,
-    ffn_hidden_size=12_288,
-    num_attention_heads=32,
-    num_query_groups=8,
-    vocab_size=65_024,
-)
-
-# Same rules, small sizes: tests and the one-machine demo.
-TINY = LucieShape(
-    num_layers=4,
-    hidden_size=128,
-    ffn_hidden_size=384,
-    num_attention_heads=4,
-    num_query_groups=2,
-    vocab_size=8_192,
-)
 
 
 @dataclass

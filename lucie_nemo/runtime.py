@@ -8,7 +8,13 @@ import warnings
 
 from lucie_nemo import cpu_support
 
-_NOISY_LOGGERS = ("megatron.bridge.utils.import_utils", "megatron.core.utils")
+_NOISY_LOGGERS = (
+    "megatron.bridge.utils.import_utils",
+    "megatron.bridge.utils.fusions",
+    "megatron.bridge.models.gemma.gemma2_provider",
+    "megatron.core.utils",
+    "megatron.core.models.gpt.gpt_model",
+)
 
 
 def quiet_imports() -> None:
@@ -16,7 +22,7 @@ def quiet_imports() -> None:
     Apex, ...) and warns about each missing fused kernel; keep the console for real news."""
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|APEX).*")
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine|transformer-engine|Apex|APEX|experimental).*")
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
@@ -40,3 +46,4 @@ def prepare() -> None:
     from lucie_nemo.training import keep_batch_rampup
 
     keep_batch_rampup()
+    quiet_imports()  # again: importing Megatron-Bridge resets some of its loggers

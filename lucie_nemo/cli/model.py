@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -14,7 +16,7 @@ model_app = typer.Typer(help="Facts about the Lucie-7B model.", no_args_is_help=
 
 def layout_facts(phase_name: str) -> dict:
     """The original parallel layout of a phase and what it implies per GPU."""
-    from lucie_nemo.model import LUCIE_7B
+    from lucie_nemo.architecture import LUCIE_7B
     from lucie_nemo.phases import get_phase
 
     phase = get_phase(phase_name)
@@ -43,7 +45,8 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Parameter count (measured on a meta-device instance) and parallel layout."""
-    with user_errors():
+    # Megatron logs to stdout while it loads; keep stdout for the answer.
+    with user_errors(), contextlib.redirect_stdout(sys.stderr):
         from lucie_nemo import runtime
 
         runtime.prepare()

@@ -90,6 +90,7 @@ class RunPaths:
 
     output_dir: Path
     data_root: Path | None = None  # None: Megatron's mock data (smoke tests)
+    blend_file: Path | None = None  # None: the phase's original Lucie blend
     initial_checkpoint: str | None = None  # weights-only start (phases 2 and 3)
 
     @property
@@ -127,9 +128,11 @@ def _dataset(phase: Phase, provider: LucieModelProvider, paths: RunPaths):
     )
     if paths.data_root is None:
         return MockGPTDatasetConfig(**common)
-    from lucie_nemo.data.blends import phase_blend
+    from lucie_nemo.data.blends import phase_blend, validate_blend
 
-    return GPTDatasetConfig(blend=phase_blend(phase.blend, paths.data_root).megatron_blend(), **common)
+    blend = phase_blend(phase.blend, paths.data_root, paths.blend_file)
+    validate_blend(blend)
+    return GPTDatasetConfig(blend=blend.to_megatron(), **common)
 
 
 def build_config(
@@ -240,11 +243,13 @@ def phase_recipe(
     precision: Precision = "bf16",
     output_root: str | os.PathLike = "runs",
     data_root: str | os.PathLike | None = None,
+    blend_file: str | os.PathLike | None = None,
     initial_checkpoint: str | None = None,
     model: LucieModelProvider | None = None,
 ) -> SampleScheduledConfigContainer:
     """The base Lucie-7B recipe applied to ``phase``: the phase's original layout on ``nodes``
-    nodes, outputs under ``output_root/<phase>``, and, for phases 2 and 3, the weights of the
+    nodes, outputs under ``output_root/<phase>``, the phase's blend (``blend_file`` for another) of
+    datasets under ``data_root`` (mock data without one), and, for phases 2 and 3, the weights of the
     previous phase's last checkpoint (``output_root/<previous>/checkpoints``) unless
     ``initial_checkpoint`` names another (a torch_dist checkpoint or a Hugging Face folder)."""
     root = Path(output_root)
@@ -253,6 +258,7 @@ def phase_recipe(
     paths = RunPaths(
         output_dir=root / phase.name,
         data_root=Path(data_root) if data_root is not None else None,
+        blend_file=Path(blend_file) if blend_file is not None else None,
         initial_checkpoint=initial_checkpoint,
     )
     return build_config(phase, original_layout(phase, nodes, gpus_per_node), paths, model=model, precision=precision)

@@ -22,7 +22,6 @@ def build_phase_config(
     """
     from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides
 
-    from lucie_nemo import cpu_support
     from lucie_nemo.errors import UserError
     from lucie_nemo.phases import get_phase
     from lucie_nemo.recipe import phase_recipe
@@ -40,15 +39,7 @@ def build_phase_config(
             process_config_with_overrides(cfg, cli_overrides=list(overrides))
         except Exception as error:  # Hydra/OmegaConf raise many types; the message says what is wrong
             raise UserError(f"cannot apply overrides {list(overrides)}: {error}") from None
-    if not cpu_support.transformer_engine_installed() or not _cuda():
-        cpu_support.adapt_config_for_cpu(cfg)
     return cfg
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def train_phase(phase: str, **options) -> None:
@@ -57,9 +48,17 @@ def train_phase(phase: str, **options) -> None:
     from megatron.bridge.training.gpt_step import forward_step
     from megatron.bridge.training.pretrain import pretrain
 
+    import torch
+
+    from lucie_nemo import cpu_support
+    from lucie_nemo.model import use_local_layers
     from lucie_nemo.validation import check_layout
 
     cfg = build_phase_config(phase, **options)
+    if not torch.cuda.is_available():
+        cpu_support.adapt_config_for_cpu(cfg)  # here only: a launch from a CPU login node keeps the GPU config
+    elif not cpu_support.transformer_engine_installed():
+        use_local_layers(cfg.model, dtype=torch.bfloat16)  # a GPU environment without Transformer Engine
     check_layout(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     _single_process_defaults()
     pretrain(cfg, forward_step)

@@ -1,0 +1,182 @@
+"""Executor profiles: kinds of sites, each turned into a nemo-run executor from a Site's values.
+
+- ``jeanzay``: a Jean Zay-style H100 partition: 4 GPUs per node, no containers; the nodes get
+  their software from ``module load`` lines and a virtualenv with lucie-nemo installed.
+- ``pyxis``: a Slurm cluster with Pyxis/enroot: NVIDIA's NeMo container, 8 GPUs per node.
+- ``local``: this machine (CPU, or its GPUs), for tiny runs.
+
+Every Slurm job runs one torchrun per node (nemo-run's torchrun launcher), which starts one
+training process per GPU.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import nemo_run as run
+
+from cluster.site_config import SETTINGS, Site, merge_site, read_config
+from lucie_nemo.errors import UserError
+
+_COMMON = frozenset({"output_root", "data_root", "job_root", "gpus_per_node", "venv", "env"})
+_SLURM = _COMMON | {
+    "account", "partition", "qos", "constraint", "cpus_per_task", "mem", "walltime",
+    "stop_margin_minutes", "sigterm_seconds", "max_retries", "sbatch",
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A kind of site: its documented defaults and the settings it accepts."""
+
+    name: str
+    description: str
+    defaults: dict[str, Any]
+    settings: frozenset[str]
+    slurm: bool
+
+    def check(self, site: Site) -> None:
+        """Values a submission cannot do without, each error naming the setting."""
+        if not self.slurm:
+            return
+        if not site.account:
+            raise UserError(f"cluster {site.name!r}: set account (Slurm --account) in the site config or --account")
+        if not site.output_root or not Path(site.output_root).is_absolute():
+            raise UserError(
+                f"cluster {site.name!r}: output_root must be an absolute path on the cluster's shared file system "
+                f"(got {site.output_root!r}): set it in the site config or with --output-root"
+            )
+        if self.name == "jeanzay" and not site.venv:
+            raise UserError(
+                f"cluster {site.name!r}: set venv, the virtualenv with lucie-nemo installed on the cluster "
+                "(its bin/lucie and bin/torchrun run on the nodes)"
+            )
+        if site.sigterm_seconds >= site.stop_margin_minutes * 60:
+            raise UserError(
+                f"cluster {site.name!r}: sigterm_seconds ({site.sigterm_seconds}) must be shorter than "
+                f"stop_margin_minutes ({site.stop_margin_minutes} min): the signal is a backstop for the timed stop"
+            )
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile(
+            name="jeanzay",
+            description="Jean Zay-style H100 partition: 4 GPUs/node, modules + virtualenv, no containers",
+            # 4 x 24 cores per node with hyper-threads off; 20 h is the longest standard QoS there.
+            defaults=dict(gpus_per_node=4, constraint="h100", cpus_per_task=96, walltime="20:00:00",
+                          sbatch={"hint": "nomultithread"}),
+            settings=_SLURM | {"modules"},
+            slurm=True,
+        ),
+        Profile(
+            name="pyxis",
+            description="Slurm with Pyxis/enroot: NVIDIA NeMo container, 8 GPUs/node",
+            # NeMo Framework 26.08 ships Megatron-Bridge 0.6 (match it to requirements.txt).
+            defaults=dict(gpus_per_node=8, walltime="04:00:00", container_image="nvcr.io/nvidia/nemo:26.08",
+                          sbatch={"exclusive": True}),
+            settings=_SLURM | {"container_image", "container_mounts"},
+            slurm=True,
+        ),
+        Profile(
+            name="local",
+            description="this machine: CPU (gpus_per_node = 0) or its GPUs, for tiny runs",
+            defaults=dict(gpus_per_node=0, output_root="runs", venv=sys.prefix),
+            settings=_COMMON,
+            slurm=False,
+        ),
+    )
+}
+assert all(p.settings <= SETTINGS for p in PROFILES.values())
+
+
+def load_site(cluster: str, config: Path | None = None, **flags: Any) -> tuple[Site, Profile]:
+    """The site ``cluster`` (a table of the site config, or a profile name) with ``flags`` on top."""
+    tables, path = read_config(config)
+    values = dict(tables.get(cluster, {}))
+    profile_name = values.pop("profile", cluster)
+    if profile_name not in PROFILES:
+        known = ", ".join([*PROFILES, *(name for name in tables if name not in PROFILES)])
+        where = f" (site config {path})" if path else ""
+        raise UserError(f"unknown cluster {cluster!r}{where}: choose one of {known}")
+    profile = PROFILES[profile_name]
+    source = f"cluster {cluster!r}" + (f" in {path}" if path else "")
+    given = {key: value for key, value in flags.items() if value is not None}
+    site = merge_site(cluster, profile.name, profile.defaults, values | given, profile.settings, source)
+    profile.check(site)
+    if not profile.slurm:  # relative local paths: from the current folder, wherever the job runs
+        site = replace(site, **{key: str(Path(getattr(site, key)).resolve())
+                                for key in ("output_root", "job_root", "data_root") if getattr(site, key)})
+    return site, profile
+
+
+def _slurm_executor(site: Site, nodes: int, **container: Any) -> run.SlurmExecutor:
+    # Packager: the base run.Packager() packs nothing. The nodes run lucie-nemo from an install on
+    # the cluster (the site's virtualenv, or the container), not from a git archive of this checkout:
+    # nemo-run's default GitArchivePackager would drop uncommitted changes and needs a git checkout.
+    gpus = site.gpus_per_node
+    return run.SlurmExecutor(
+        account=site.account,
+        partition=site.partition,
+        qos=site.qos,
+        constraint=site.constraint,
+        cpus_per_task=site.cpus_per_task,
+        mem=site.mem,
+        nodes=nodes,
+        ntasks_per_node=gpus,
+        gpus_per_node=gpus,
+        torchrun_nproc_per_node=gpus,
+        time=site.walltime,
+        signal=f"TERM@{site.sigterm_seconds}",
+        additional_parameters={"kill_on_invalid_dep": "yes", **site.sbatch},
+        env_vars={key: shlex.quote(str(value)) for key, value in site.env.items()},
+        job_name_prefix="lucie-",
+        launcher="torchrun",
+        packager=run.Packager(),
+        tunnel=run.LocalTunnel(job_dir=f"{site.jobs_folder}/experiments"),
+        poll_estimated_start_time=False,
+        **container,
+    )
+
+
+def _jeanzay(site: Site, nodes: int) -> run.SlurmExecutor:
+    return _slurm_executor(site, nodes)
+
+
+def _pyxis(site: Site, nodes: int) -> run.SlurmExecutor:
+    # The runs, the data and the virtualenv are seen inside the container at the same paths.
+    mounts = list(site.container_mounts)
+    for path in (site.output_root, site.data_root, site.venv):
+        if path and f"{path}:{path}" not in mounts:
+            mounts.append(f"{path}:{path}")
+    return _slurm_executor(site, nodes, container_image=site.container_image, container_mounts=mounts)
+
+
+def _local(site: Site, nodes: int) -> run.LocalExecutor:
+    # torchrun and lucie from the site's environment (default: the one running this command).
+    return run.LocalExecutor(
+        ntasks_per_node=max(site.gpus_per_node, 1),
+        launcher="torchrun",
+        env_vars={"PATH": f"{site.venv}/bin", **site.env},
+    )
+
+
+EXECUTORS: dict[str, Callable[[Site, int], run.Executor]] = {"jeanzay": _jeanzay, "pyxis": _pyxis, "local": _local}
+
+
+def executor(site: Site, nodes: int) -> run.Executor:
+    """The nemo-run executor for ``nodes`` nodes of ``site``."""
+    return EXECUTORS[site.profile](site, nodes)
+
+
+def setup_lines(site: Site) -> list[str]:
+    """Shell lines that give the batch script and its nodes the training environment."""
+    if site.profile != "jeanzay":
+        return []
+    lines = ["module purge"] + [f"module load {module}" for module in site.modules]
+    return lines + [f"source {shlex.quote(site.venv)}/bin/activate"]

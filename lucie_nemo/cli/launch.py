@@ -1,0 +1,113 @@
+"""`lucie launch`: validate a phase's recipe for an allocation, then submit it through nemo-run
+(Slurm profiles) or run it here (local profile); ``all`` chains pretrain -> extension -> anneal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lucie_nemo.cli.errors import user_errors
+
+ALL = "all"
+
+
+def _default_nodes(phase, gpus_per_node: int, tiny: bool, slurm: bool) -> int:
+    """The phase's original GPU count (so its original DP) on this site's nodes; 1 for tiny or local runs."""
+    if tiny or not slurm:
+        return 1
+    gpus = phase.original_layout.world_size
+    return gpus // gpus_per_node if gpus % gpus_per_node == 0 else phase.original_layout.nodes
+
+
+def training_job(site, profile, phase_name: str, *, nodes: int | None, precision: str, tiny: bool,
+                 overrides: list[str]):
+    """The `lucie train` command of one phase on ``site``, its recipe validated for that allocation."""
+    from cluster.experiment import TrainingJob
+    from cluster.requeue import exit_duration_minutes
+    from lucie_nemo import runtime
+    from lucie_nemo.phases import get_phase
+    from lucie_nemo.train import build_phase_config
+    from lucie_nemo.validation import validate_config
+
+    phase = get_phase(phase_name)
+    gpus = max(site.gpus_per_node, 1)
+    nodes = nodes or _default_nodes(phase, gpus, tiny, profile.slurm)
+    generated = []
+    if profile.slurm:
+        # Save and stop before the time limit (the job then requeues itself); SIGTERM also saves.
+        minutes = exit_duration_minutes(site.walltime_minutes, site.stop_margin_minutes)
+        generated = [f"train.exit_duration_in_mins={minutes}", "train.exit_signal_handler=true"]
+    options = dict(nodes=nodes, gpus_per_node=gpus, precision=precision, output_root=site.output_root,
+                   data_root=site.data_root)
+
+    runtime.prepare()
+    cfg = build_phase_config(phase.name, overrides=generated + overrides, tiny=tiny, **options)
+    checked = validate_config(cfg, nodes * gpus)
+    model = cfg.model
+    layout = (f"TP{model.tensor_model_parallel_size} PP{model.pipeline_model_parallel_size} "
+              f"CP{model.context_parallel_size} DP{checked.data_parallel_size}")
+
+    args = ["train", phase.name]
+    for option, value in options.items():
+        if value is not None:
+            args += [f"--{option.replace('_', '-')}", str(value)]
+    args += (["--tiny"] if tiny else []) + generated + overrides
+    return TrainingJob(
+        name=phase.name,
+        nodes=nodes,
+        lucie_args=tuple(args),
+        checkpoints=cfg.checkpoint.save,
+        final_iteration=cfg.train.train_iters,
+        summary=(f"lucie: {phase.name} on {nodes} nodes x {gpus} GPUs: {layout}, "
+                 f"{cfg.train.train_iters} iterations (recipe validated before rendering)"),
+    )
+
+
+def launch(
+    phase: Annotated[str, typer.Argument(help="pretrain, extension, anneal, or all (the three, chained)")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value recipe overrides, passed to `lucie train`")] = None,
+    cluster: Annotated[str, typer.Option(help="Profile (jeanzay, pyxis, local) or a table of the site config")] = "local",
+    site_config: Annotated[Optional[Path], typer.Option(help="Site TOML (default ~/.config/lucie-nemo/clusters.toml)")] = None,
+    nodes: Annotated[Optional[int], typer.Option(help="Nodes per phase (default: the phase's original GPU count)")] = None,
+    precision: Annotated[str, typer.Option(help="bf16 or fp8")] = "bf16",
+    tiny: Annotated[bool, typer.Option("--tiny", help="Scaled-down phases on a tiny Lucie-shaped model")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write the sbatch scripts, print their paths, submit nothing")] = False,
+    account: Annotated[Optional[str], typer.Option(help="Slurm account (overrides the site config)")] = None,
+    partition: Annotated[Optional[str], typer.Option(help="Slurm partition")] = None,
+    qos: Annotated[Optional[str], typer.Option(help="Slurm QoS")] = None,
+    walltime: Annotated[Optional[str], typer.Option(help="Job time limit, HH:MM:SS or D-HH:MM:SS")] = None,
+    gpus_per_node: Annotated[Optional[int], typer.Option(help="GPUs per node (0: CPU, local only)")] = None,
+    output_root: Annotated[Optional[str], typer.Option(help="Runs folder: <root>/<phase>/checkpoints, tensorboard")] = None,
+    data_root: Annotated[Optional[str], typer.Option(help="Tokenised datasets (default: mock data)")] = None,
+    job_root: Annotated[Optional[str], typer.Option(help="nemo-run jobs folder (default <output-root>/jobs)")] = None,
+) -> None:
+    """Launch PHASE on a cluster profile: validate, then submit (or --dry-run: write the sbatch scripts)."""
+    with user_errors():
+        from cluster.experiment import dry_run as render, submit
+        from cluster.profiles import load_site
+        from lucie_nemo.phases import PHASES, get_phase
+
+        site, profile = load_site(
+            cluster, site_config, account=account, partition=partition, qos=qos, walltime=walltime,
+            gpus_per_node=gpus_per_node, output_root=output_root, data_root=data_root, job_root=job_root,
+        )
+        names = list(PHASES) if phase == ALL else [get_phase(phase).name]
+        jobs = [
+            training_job(site, profile, name, nodes=nodes, precision=precision, tiny=tiny, overrides=overrides or [])
+            for name in names
+        ]
+        title = f"lucie-{phase}"
+        if dry_run:
+            for job in jobs:
+                print(f"# {job.summary}")
+            for path in render(site, profile, jobs, title):
+                print(path)
+            return
+        for job in submit(site, profile, jobs, title):
+            print(f"{job.name}: Slurm job {job.job_id}; follow it with: tail -F {job.log}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("launch")(launch)

@@ -1,0 +1,133 @@
+"""Training checkpoint -> Hugging Face LlamaForCausalLM folder (streamed, checked, renamed into place)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from converters.hf_writer import DEFAULT_SHARD_SIZE, check_folder, parse_size, plan_shards, write_shards
+from converters.layout import EMBEDDING, FINAL_NORM, OUTPUT_LAYER, HFTensor, hf_tensors, select
+from converters.megatron_reader import CheckpointInfo, CheckpointTensors, LayerTensors, locate, read_shape
+from converters.model_card import model_card
+from converters.staging import staged_output
+from lucie_nemo.errors import UserError
+from lucie_nemo.hf_config import hf_config
+from lucie_nemo.model import LucieShape
+from lucie_nemo.phases import PHASES, Phase, get_phase
+from lucie_nemo.schedule import PhaseSchedule
+from lucie_nemo.tokenizer import BOS_ID, EOS_ID, export_tokenizer, load_tokenizer
+
+GENERATION_CONFIG = {"_from_model_config": True, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote."""
+
+    out: Path
+    phase: Phase
+    step: int
+    revision: str
+    shape: LucieShape
+    num_tensors: int
+    num_shards: int
+
+
+def resolve_phase(info: CheckpointInfo, name: str | None) -> Phase:
+    """The phase the checkpoint says (its context length and RoPE theta), checked against ``name`` if given."""
+    seq, theta = info.model_config.get("seq_length"), info.model_config.get("rotary_base")
+    matches = [p for p in PHASES.values() if (p.seq_length, p.rotary_base) == (seq, theta)]
+    if name is None:
+        if len(matches) != 1:
+            said = f"seq_length={seq}, rotary_base={theta}"
+            raise UserError(f"cannot tell the phase of {info.path} from its config ({said}): pass --phase")
+        return matches[0]
+    phase = get_phase(name)
+    if theta is not None and theta != phase.rotary_base:
+        raise UserError(
+            f"{info.path} was trained with rotary_base={theta}, phase {phase.name!r} uses {phase.rotary_base}: "
+            "pass the phase the checkpoint belongs to"
+        )
+    if len(matches) == 1 and matches[0] is not phase:
+        raise UserError(f"{info.path} is a {matches[0].name!r} checkpoint by its config, not {phase.name!r}")
+    return phase
+
+
+def resolve_step(info: CheckpointInfo, step: int | None) -> int:
+    """The iteration the checkpoint says, checked against ``step`` if given."""
+    if info.iteration is None:
+        if step is None:
+            raise UserError(f"{info.path} does not say its iteration: pass --step")
+        return step
+    if step is not None and step != info.iteration:
+        raise UserError(f"{info.path} is iteration {info.iteration}, not step {step}: drop --step or pass the right one")
+    return info.iteration
+
+
+def tokenizer_source(info: CheckpointInfo, tokenizer: str | None, shape: LucieShape) -> str:
+    """``tokenizer`` or the checkpoint's own tokenizer folder, refused if it has ids beyond the vocabulary."""
+    if tokenizer is None and info.tokenizer_dir is None:
+        raise UserError(f"{info.path} ships no tokenizer (no tokenizer.json in it): pass --tokenizer FOLDER_OR_HUB_ID")
+    source = tokenizer if tokenizer is not None else str(info.tokenizer_dir)
+    size = load_tokenizer(source).get_vocab_size(with_added_tokens=True)
+    if size > shape.vocab_size:
+        raise UserError(f"tokenizer {source} has {size} entries, the model's vocabulary {shape.vocab_size}: pass the tokenizer it was trained with")
+    return source
+
+
+class _Producer:
+    """Cuts each Hugging Face tensor out of the checkpoint, keeping the last layer tensor read (q/k/v, gate/up)."""
+
+    def __init__(self, tensors: CheckpointTensors, layers: LayerTensors, shape: LucieShape):
+        self.tensors, self.layers, self.shape = tensors, layers, shape
+        self._cached: tuple[tuple[str, int | None], torch.Tensor] | None = None
+
+    def __call__(self, item: HFTensor) -> torch.Tensor:
+        key = (item.source, item.layer)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = None  # free the previous tensor before reading the next
+            if item.source in (EMBEDDING, FINAL_NORM, OUTPUT_LAYER):
+                source = self.tensors.read(item.source)
+            else:
+                source = self.layers.read(item.source, item.layer)
+            self._cached = (key, source)
+        return select(self._cached[1], item, self.shape)
+
+
+def export_checkpoint(
+    ckpt: str | Path,
+    out: str | Path,
+    phase: str | None = None,
+    step: int | None = None,
+    tokenizer: str | None = None,
+    shard_size: str = DEFAULT_SHARD_SIZE,
+    progress: bool = True,
+) -> ExportResult:
+    """Write ``ckpt`` as a Hugging Face LlamaForCausalLM folder at ``out`` (bf16 shards, configs, tokenizer, card)."""
+    info = locate(ckpt)
+    tensors = CheckpointTensors(info)
+    layers = LayerTensors(tensors)
+    shape = read_shape(tensors, layers)
+    resolved = resolve_phase(info, phase)
+    step = resolve_step(info, step)
+    record = PhaseSchedule(resolved).record(step)
+    source = tokenizer_source(info, tokenizer, shape)
+    shards = plan_shards(hf_tensors(shape), parse_size(shard_size))
+    out = Path(out)
+    with staged_output(out) as staging:
+        write_shards(staging, shards, _Producer(tensors, layers, shape), progress)
+        config = hf_config(resolved, step, shape=shape, norm_eps=info.model_config.get("layernorm_epsilon", 1e-5),
+                           init_std=info.model_config.get("init_method_std", 0.009))
+        _write_json(staging / "config.json", config)
+        _write_json(staging / "generation_config.json", {**GENERATION_CONFIG, "transformers_version": config["transformers_version"]})
+        export_tokenizer(source, staging)
+        (staging / "README.md").write_text(model_card(resolved, record, shape), encoding="utf-8")
+        check_folder(staging)
+    return ExportResult(out, resolved, step, resolved.revision(step), shape, sum(map(len, shards)), len(shards))
+
+
+def _write_json(path: Path, content: dict) -> None:
+    path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")

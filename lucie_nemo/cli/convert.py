@@ -1,0 +1,88 @@
+"""`lucie export / import / verify / publish`: training checkpoints <-> Hugging Face folders, checked, published."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lucie_nemo.cli.errors import user_errors
+
+
+def register(app: typer.Typer) -> None:
+    """Add the top-level ``export``, ``import``, ``verify`` and ``publish`` commands to ``app``."""
+    app.command("export")(export)
+    app.command("import")(import_)
+    app.command("verify")(verify)
+    app.command("publish")(publish)
+
+
+def export(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint root, iter_NNNNNNN folder, or NeMo 2 folder (context/ + weights/).")],
+    out: Annotated[Path, typer.Argument(help="New output folder (Hugging Face LlamaForCausalLM).")],
+    phase: Annotated[str | None, typer.Option(help="pretrain, extension or anneal (read from the checkpoint when it can tell).")] = None,
+    step: Annotated[int | None, typer.Option(help="Step in the phase (read from the checkpoint when it says it).")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer folder or Hub id (default: the checkpoint's tokenizer/).")] = None,
+    shard_size: Annotated[str, typer.Option(help="Largest safetensors shard, e.g. 5GB or 500MB.")] = "5GB",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Write a checkpoint as bf16 safetensors shards with config, generation config, tokenizer and model card."""
+    with user_errors():
+        from converters.export import export_checkpoint
+
+        result = export_checkpoint(ckpt, out, phase, step, tokenizer, shard_size, progress)
+    print(f"wrote {result.out}: {result.num_tensors} tensors in {result.num_shards} shards, "
+          f"phase {result.phase.name} step {result.step}, revision {result.revision}")
+
+
+def import_(
+    hf_dir: Annotated[Path, typer.Argument(help="Hugging Face Lucie-shaped folder (a published revision or an export).")],
+    ckpt: Annotated[Path, typer.Argument(help="New checkpoint folder, for a recipe's pretrained_checkpoint.")],
+    phase: Annotated[str | None, typer.Option(help="Phase whose context/RoPE the saved config names (default: from config.json).")] = None,
+) -> None:
+    """Write a Hugging Face folder as a weights-only torch_dist checkpoint (iter_0000000/) the recipes start from."""
+    with user_errors():
+        from converters.import_hf import import_hf
+
+        result = import_hf(hf_dir, ckpt, phase)
+    print(f"wrote {result.out}: {result.num_parameters:,} parameters, use it as checkpoint.pretrained_checkpoint")
+
+
+def verify(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint root, iter_NNNNNNN folder, or NeMo 2 folder.")],
+    hf_dir: Annotated[Path, typer.Argument(help="Hugging Face folder exported from it.")],
+    tolerance: Annotated[float, typer.Option(help="Largest accepted absolute logit difference.")] = 1e-3,
+    new_tokens: Annotated[int, typer.Option(help="Greedy tokens compared per prompt.")] = 8,
+) -> None:
+    """Compare logits and greedy continuations of both models on fr/en/de/es/it/code prompts; exit 1 on mismatch."""
+    with user_errors():
+        from converters.verify import verify as run_verify
+
+        result = run_verify(ckpt, hf_dir, tolerance, new_tokens)
+    for prompt in result.prompts:
+        same = "same" if prompt.same_continuation else "DIFFERENT"
+        print(f"{prompt.language:5s} max |Δlogit| {prompt.max_abs_diff:.3e}  greedy {new_tokens} tokens: {same}")
+    print(f"max abs difference {result.max_abs_diff:.3e} (tolerance {tolerance:g}): {'match' if result.ok else 'MISMATCH'}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def publish(
+    hf_dir: Annotated[Path, typer.Argument(help="Exported Hugging Face folder.")],
+    repo: Annotated[str, typer.Option("--repo", help="Hub model repository, e.g. OpenLLM-France/Lucie-7B.")],
+    revision: Annotated[str, typer.Option("--revision", help="Branch, e.g. step0005000 or extension_step0000250.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be uploaded, upload nothing.")] = False,
+) -> None:
+    """Create branch REVISION in REPO (if missing) and upload the checked folder to it."""
+    with user_errors():
+        from converters.publish import plan, publish as run_publish
+
+        upload = plan(hf_dir, repo, revision)
+        for name, size in upload.files:
+            print(f"{size:>14,}  {name}")
+        print(f"{len(upload.files)} files, {upload.total_bytes:,} bytes -> {repo} @ {revision}")
+        if dry_run:
+            print("dry run: nothing uploaded")
+            return
+        print(f"uploaded: {run_publish(upload)}")

@@ -1,0 +1,134 @@
+"""Shared fixtures of the converter tests: a random tiny Hugging Face Lucie model, its import, and one short
+CPU training run (Megatron-Bridge pretrain) that starts from it; imported explicitly by tests/test_*.py.
+
+Run as a script, it is the training run: ``python converters_fixtures.py OUT PRETRAINED_CHECKPOINT``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "lucie" / "tokenizer"
+needs_tokenizer = pytest.mark.skipif(
+    not SHARED_TOKENIZER.is_dir(), reason=f"the real Lucie tokenizer is not in {SHARED_TOKENIZER}"
+)
+SEQ_LENGTH = 64
+TRAIN_ITERS = 2
+
+
+def tiny_shape():
+    from lucie_nemo.model import LucieShape
+
+    # The Lucie vocabulary so that the real tokenizer's ids fit; everything else tiny.
+    return LucieShape(num_layers=2, hidden_size=128, ffn_hidden_size=384, num_attention_heads=4,
+                      num_query_groups=2, vocab_size=65_024)
+
+
+def write_random_hf(folder: Path, seed: int = 0) -> Path:
+    """A random Lucie-shaped LlamaForCausalLM (bf16, norms away from 1) with the real tokenizer."""
+    import converters  # noqa: F401  (prepares the Megatron runtime)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lucie_nemo.hf_config import hf_config
+    from lucie_nemo.phases import PRETRAIN
+    from lucie_nemo.tokenizer import export_tokenizer
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**{**hf_config(PRETRAIN, 0, shape=tiny_shape()), "initializer_range": 0.05})
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.copy_(1 + 0.2 * torch.randn_like(parameter))
+    model.to(torch.bfloat16).save_pretrained(folder)
+    export_tokenizer(SHARED_TOKENIZER, folder)
+    return folder
+
+
+def train(out: Path, pretrained: Path) -> Path:
+    """Two training iterations on mock data from ``pretrained`` (a fresh process: Bridge's save needs one)."""
+    subprocess.run([sys.executable, __file__, str(out), str(pretrained)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def converter_runs(tmp_path_factory) -> dict[str, Path]:
+    """hf: a random HF model; imported: its `lucie import`; trained: a 2-iteration run starting from it.
+
+    The LR warms up from 0, so iteration 1 holds the imported weights unchanged (in fp32) and
+    iteration 2 holds trained fp32 weights.
+    """
+    from converters.import_hf import import_hf
+
+    root = tmp_path_factory.mktemp("converters")
+    hf = write_random_hf(root / "hf")
+    import_hf(hf, root / "imported")
+    train(root / "trained", root / "imported")
+    return {"hf": hf, "imported": root / "imported", "trained": root / "trained"}
+
+
+@pytest.fixture(scope="session")
+def exported(converter_runs, tmp_path_factory) -> Path:
+    """`lucie export` of the trained run's last iteration (phase given: a 64-token run names no phase)."""
+    from converters.export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("exported") / "step2"
+    export_checkpoint(converter_runs["trained"], out, phase="pretrain", tokenizer=str(SHARED_TOKENIZER),
+                      shard_size="10MB", progress=False)
+    return out
+
+
+def _training_config(out: Path, pretrained: Path):
+    from megatron.bridge.training.config import (
+        CheckpointConfig, ConfigContainer, DistributedInitConfig, LoggerConfig, MockGPTDatasetConfig, RNGConfig,
+        SchedulerConfig, TokenizerConfig, TrainingConfig, ValidationConfig,
+    )
+    from megatron.core.distributed import DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig
+
+    from lucie_nemo.model import build_provider, use_local_layers
+    from lucie_nemo.phases import PRETRAIN
+
+    model = use_local_layers(build_provider(tiny_shape(), PRETRAIN))
+    model.seq_length = SEQ_LENGTH
+    return ConfigContainer(
+        model=model,
+        train=TrainingConfig(train_iters=TRAIN_ITERS, global_batch_size=2, micro_batch_size=1),
+        validation=ValidationConfig(eval_interval=1000, eval_iters=0),
+        optimizer=OptimizerConfig(optimizer="adam", lr=1e-3, min_lr=1e-3, weight_decay=0.1, bf16=False,
+                                  use_distributed_optimizer=False),
+        scheduler=SchedulerConfig(lr_decay_style="constant", lr_warmup_iters=2, lr_warmup_init=0.0,
+                                  start_weight_decay=0.1, end_weight_decay=0.1, weight_decay_incr_style="constant"),
+        ddp=DistributedDataParallelConfig(use_distributed_optimizer=False, grad_reduce_in_fp32=True),
+        dataset=MockGPTDatasetConfig(seq_length=SEQ_LENGTH, random_seed=1234, reset_attention_mask=False,
+                                     reset_position_ids=False, eod_mask_loss=False, num_dataset_builder_threads=1,
+                                     split="9999,8,2", skip_getting_attention_mask_from_dataset=True,
+                                     dataloader_type="single"),
+        logger=LoggerConfig(log_interval=1),
+        tokenizer=TokenizerConfig(tokenizer_type="NullTokenizer", vocab_size=tiny_shape().vocab_size),
+        checkpoint=CheckpointConfig(save_interval=1, save=str(out), ckpt_format="torch_dist",
+                                    pretrained_checkpoint=str(pretrained)),
+        rng=RNGConfig(seed=42, inference_rng_tracker=True),
+        dist=DistributedInitConfig(distributed_backend="gloo"),
+    )
+
+
+if __name__ == "__main__":
+    import os
+
+    from lucie_nemo import runtime
+    from lucie_nemo.distributed import free_port
+
+    runtime.prepare()
+    from megatron.bridge.training.gpt_step import forward_step
+    from megatron.bridge.training.pretrain import pretrain
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    pretrain(_training_config(Path(sys.argv[1]), Path(sys.argv[2])), forward_step)
+    print(json.dumps({"done": True}))

@@ -1,0 +1,261 @@
+"""`lucie export`: a real CPU training checkpoint (and synthetic NeMo 2 / per-layer layouts) to Hugging Face."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+import typer
+import yaml
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from converters_fixtures import SHARED_TOKENIZER, converter_runs, exported, needs_tokenizer, tiny_shape  # noqa: F401
+
+pytestmark = needs_tokenizer
+
+
+def cli() -> typer.Typer:
+    from lucie_nemo.cli.convert import register
+
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def read_global(folder: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """Whole tensors with torch.distributed.checkpoint's own load (independent of the exporter's reader)."""
+    metadata = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    state = {name: torch.empty(tuple(metadata[name].size), dtype=metadata[name].properties.dtype) for name in names}
+    dcp.load(state, checkpoint_id=str(folder))
+    return state
+
+
+def hf_state(folder: Path) -> dict[str, torch.Tensor]:
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    state = {}
+    for file in sorted(set(index["weight_map"].values())):
+        with safe_open(folder / file, framework="pt") as shard:
+            state.update({name: shard.get_tensor(name) for name in shard.keys()})
+    return state
+
+
+def expected_hf(megatron: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """The Hugging Face tensors, spelled out head by head from stacked TE-named Megatron tensors (bf16 cast)."""
+    shape = tiny_shape()
+    d, heads, groups = shape.head_dim, shape.num_attention_heads, shape.num_query_groups
+    per_group = heads // groups
+    get = lambda name: megatron[prefix + name].to(torch.bfloat16)  # noqa: E731
+    out = {"model.embed_tokens.weight": get("embedding.word_embeddings.weight"),
+           "model.norm.weight": get("decoder.final_layernorm.weight"), "lm_head.weight": get("output_layer.weight")}
+    for i in range(shape.num_layers):
+        qkv = get("decoder.layers.self_attention.linear_qkv.weight")[i]
+        block = lambda g, j: qkv[(g * (per_group + 2) + j) * d:(g * (per_group + 2) + j + 1) * d]  # noqa: E731
+        p = f"model.layers.{i}."
+        out[p + "self_attn.q_proj.weight"] = torch.cat([block(g, j) for g in range(groups) for j in range(per_group)])
+        out[p + "self_attn.k_proj.weight"] = torch.cat([block(g, per_group) for g in range(groups)])
+        out[p + "self_attn.v_proj.weight"] = torch.cat([block(g, per_group + 1) for g in range(groups)])
+        out[p + "self_attn.o_proj.weight"] = get("decoder.layers.self_attention.linear_proj.weight")[i]
+        fc1 = get("decoder.layers.mlp.linear_fc1.weight")[i]
+        out[p + "mlp.gate_proj.weight"] = fc1[: shape.ffn_hidden_size]
+        out[p + "mlp.up_proj.weight"] = fc1[shape.ffn_hidden_size:]
+        out[p + "mlp.down_proj.weight"] = get("decoder.layers.mlp.linear_fc2.weight")[i]
+        out[p + "input_layernorm.weight"] = get("decoder.layers.self_attention.linear_qkv.layer_norm_weight")[i]
+        out[p + "post_attention_layernorm.weight"] = get("decoder.layers.mlp.linear_fc1.layer_norm_weight")[i]
+    return out
+
+
+MODEL_KEYS = [
+    "embedding.word_embeddings.weight", "decoder.final_layernorm.weight", "output_layer.weight",
+    "decoder.layers.self_attention.linear_qkv.weight", "decoder.layers.self_attention.linear_proj.weight",
+    "decoder.layers.mlp.linear_fc1.weight", "decoder.layers.mlp.linear_fc2.weight",
+    "decoder.layers.self_attention.linear_qkv.layer_norm_weight", "decoder.layers.mlp.linear_fc1.layer_norm_weight",
+]
+
+
+def test_tensors_are_the_bf16_cast_of_the_fp32_training_weights(converter_runs, exported):
+    megatron = read_global(converter_runs["trained"] / "iter_0000002", MODEL_KEYS)
+    assert megatron["decoder.layers.mlp.linear_fc1.weight"].dtype == torch.float32
+    expected, got = expected_hf(megatron), hf_state(exported)
+    assert set(got) == set(expected) and len(got) == 3 + 9 * tiny_shape().num_layers
+    for name, tensor in expected.items():
+        assert got[name].dtype == torch.bfloat16 and torch.equal(got[name], tensor), name
+
+
+def test_config_generation_config_and_card(exported):
+    from lucie_nemo.hf_config import hf_config
+    from lucie_nemo.phases import PRETRAIN
+
+    config = json.loads((exported / "config.json").read_text())
+    assert config == hf_config(PRETRAIN, 2, shape=tiny_shape())
+    assert (config["rope_theta"], config["max_position_embeddings"], config["rope_scaling"]) == (500_000.0, 4_096, None)
+    assert (config["training_steps"], config["training_tokens"]) == (2, 2 * 256 * 4_096)
+    generation = json.loads((exported / "generation_config.json").read_text())
+    assert (generation["bos_token_id"], generation["eos_token_id"]) == (0, 1)
+    card = (exported / "README.md").read_text()
+    header = yaml.safe_load(card.split("---\n")[1])
+    assert header["training_progress"] == {"num_steps": 2, "num_tokens": 2_097_152, "context_length": 4_096}
+    assert "step0000002" in card
+    assert (exported / "tokenizer.json").read_bytes() == (SHARED_TOKENIZER / "tokenizer.json").read_bytes()
+
+
+def test_index_is_consistent(exported):
+    index = json.loads((exported / "model.safetensors.index.json").read_text())
+    shards = sorted(p.name for p in exported.glob("*.safetensors"))
+    assert shards == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]  # 10MB shards
+    assert sorted(set(index["weight_map"].values())) == shards
+    seen = []
+    for shard in shards:
+        with safe_open(exported / shard, framework="pt") as f:
+            seen += [(name, shard) for name in f.keys()]
+    assert sorted(seen) == sorted(index["weight_map"].items())  # every tensor in exactly one shard
+    assert index["metadata"]["total_size"] == sum(t.numel() * 2 for t in hf_state(exported).values())
+    assert not list(exported.parent.glob(".*tmp*"))  # the staging folder is gone
+
+
+def test_transformers_loads_the_export(exported):
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(exported)
+    assert sum(p.numel() for p in model.parameters()) == sum(t.numel() for t in hf_state(exported).values())
+
+
+def test_revision_names():
+    from lucie_nemo.phases import ANNEAL, EXTENSION, PRETRAIN
+
+    assert PRETRAIN.revision(5_000) == "step0005000"
+    assert PRETRAIN.revision(753_851) == "step0753851"
+    assert EXTENSION.revision(250) == "extension_step0000250"
+    assert ANNEAL.revision(1_220) == "annealing_step0001220"
+
+
+def test_cli_reads_iteration_and_requires_phase_when_the_config_cannot_tell(converter_runs, tmp_path):
+    runner = CliRunner()
+    ckpt = converter_runs["trained"] / "iter_0000001"
+    result = runner.invoke(cli(), ["export", str(ckpt), str(tmp_path / "a"), "--tokenizer", str(SHARED_TOKENIZER)])
+    assert result.exit_code == 2 and "--phase" in result.output
+    args = ["export", str(ckpt), str(tmp_path / "b"), "--phase", "pretrain", "--tokenizer", str(SHARED_TOKENIZER), "--no-progress"]
+    result = runner.invoke(cli(), args)
+    assert result.exit_code == 0, result.output
+    assert "revision step0000001" in result.output
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["training_steps"] == 1
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "__0_0.distcp").unlink(), "missing"),
+        (lambda d: (d / ".metadata").unlink(), "no .metadata"),
+        (lambda d: (d / "__0_0.distcp").write_bytes((d / "__0_0.distcp").read_bytes()[:1000]), "truncated"),
+    ],
+)
+def test_truncated_checkpoint_is_refused(converter_runs, tmp_path, damage, message):
+    from converters.export import export_checkpoint
+    from lucie_nemo.errors import UserError
+
+    ckpt = tmp_path / "iter_0000002"
+    shutil.copytree(converter_runs["trained"] / "iter_0000002", ckpt)
+    damage(ckpt)
+    with pytest.raises(UserError, match=message):
+        export_checkpoint(ckpt, tmp_path / "out", phase="pretrain", tokenizer=str(SHARED_TOKENIZER))
+    assert not (tmp_path / "out").exists()
+
+
+def test_foreign_and_non_lucie_checkpoints_are_refused(converter_runs, tmp_path):
+    from converters.export import export_checkpoint
+    from lucie_nemo.errors import UserError
+
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(UserError, match="not a Megatron-Bridge"):
+        export_checkpoint(tmp_path / "foreign", tmp_path / "o1", phase="pretrain", tokenizer=str(SHARED_TOKENIZER))
+    biased = tmp_path / "iter_0000002"
+    shutil.copytree(converter_runs["trained"] / "iter_0000002", biased)
+    config = (biased / "run_config.yaml").read_text().replace("add_bias_linear: false", "add_bias_linear: true")
+    (biased / "run_config.yaml").write_text(config)
+    with pytest.raises(UserError, match="add_bias_linear"):
+        export_checkpoint(biased, tmp_path / "o2", phase="pretrain", tokenizer=str(SHARED_TOKENIZER))
+
+
+def test_missing_tokenizer_wrong_step_and_existing_output_are_refused(converter_runs, exported, tmp_path):
+    from converters.export import export_checkpoint
+    from lucie_nemo.errors import UserError
+
+    ckpt = converter_runs["trained"]
+    with pytest.raises(UserError, match="--tokenizer"):
+        export_checkpoint(ckpt, tmp_path / "o", phase="pretrain")
+    with pytest.raises(UserError, match="iteration 2, not step 5"):
+        export_checkpoint(ckpt, tmp_path / "o", phase="pretrain", step=5, tokenizer=str(SHARED_TOKENIZER))
+    with pytest.raises(UserError, match="rotary_base"):
+        export_checkpoint(ckpt, tmp_path / "o", phase="extension", tokenizer=str(SHARED_TOKENIZER))
+    with pytest.raises(UserError, match="already exists"):
+        export_checkpoint(ckpt, exported, phase="pretrain", tokenizer=str(SHARED_TOKENIZER))
+
+
+def synthetic_nemo2(converter_runs, root: Path) -> Path:
+    """A NeMo 2 folder built here (context/ + weights/, 'module.' prefix, TE names, stacked layers) from the
+    trained run's tensors. NeMo 2 itself is not installable with this stack: the layout follows its docs."""
+    folder = root / "lucie--val_loss=11.2-step=2-consumed_samples=4.0-last"
+    tensors = read_global(converter_runs["trained"] / "iter_0000002", MODEL_KEYS)
+    dcp.save({f"module.{k}": v for k, v in tensors.items()}, checkpoint_id=str(folder / "weights"))
+    (folder / "weights" / "metadata.json").write_text('{"sharded_backend": "torch_dist", "sharded_backend_version": 1}')
+    run_config = yaml.safe_load((converter_runs["trained"] / "iter_0000002" / "run_config.yaml").read_text())["model"]
+    model = {"_target_": "nemo.collections.llm.gpt.model.llama.LlamaModel",
+             "config": {"_target_": "nemo.collections.llm.gpt.model.llama.LlamaConfig",
+                        **{k: run_config[k] for k in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                                                      "num_query_groups", "kv_channels", "seq_length", "rotary_base",
+                                                      "normalization", "gated_linear_unit", "add_bias_linear",
+                                                      "share_embeddings_and_output_weights", "position_embedding_type")}}}
+    (folder / "context").mkdir()
+    (folder / "context" / "model.yaml").write_text(yaml.safe_dump(model))
+    shutil.copytree(SHARED_TOKENIZER, folder / "context" / "nemo_tokenizer")
+    return folder
+
+
+def test_nemo2_folder_exports_like_the_training_checkpoint(converter_runs, exported, tmp_path):
+    from converters.export import export_checkpoint
+
+    folder = synthetic_nemo2(converter_runs, tmp_path)
+    result = export_checkpoint(folder, tmp_path / "out", phase="pretrain", shard_size="10MB", progress=False)
+    assert result.step == 2
+    assert (tmp_path / "out" / "tokenizer.json").is_file()  # from context/nemo_tokenizer
+    for shard in sorted(exported.glob("*.safetensors")):
+        assert (tmp_path / "out" / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_per_layer_local_names_export_like_stacked_te_names(converter_runs, exported, tmp_path):
+    """Checkpoints with one tensor per layer and the local spec's norm names read the same."""
+    from converters.export import export_checkpoint
+
+    stacked = read_global(converter_runs["trained"] / "iter_0000002", MODEL_KEYS)
+    local = {"self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+             "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight"}
+    per_layer = {}
+    for key, tensor in stacked.items():
+        if key.startswith("decoder.layers."):
+            name = key.removeprefix("decoder.layers.")
+            per_layer |= {f"decoder.layers.{i}.{local.get(name, name)}": tensor[i].clone() for i in range(tensor.shape[0])}
+        else:
+            per_layer[key] = tensor
+    ckpt = tmp_path / "iter_0000002"
+    dcp.save(per_layer, checkpoint_id=str(ckpt))
+    shutil.copy(converter_runs["trained"] / "iter_0000002" / "run_config.yaml", ckpt)
+    export_checkpoint(ckpt, tmp_path / "out", phase="pretrain", tokenizer=str(SHARED_TOKENIZER), shard_size="10MB", progress=False)
+    for shard in sorted(exported.glob("*.safetensors")):
+        assert (tmp_path / "out" / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_tied_embeddings_are_refused(converter_runs, tmp_path):
+    from converters.export import export_checkpoint
+    from lucie_nemo.errors import UserError
+
+    tensors = read_global(converter_runs["trained"] / "iter_0000002", [k for k in MODEL_KEYS if k != "output_layer.weight"])
+    ckpt = tmp_path / "iter_0000002"
+    dcp.save(tensors, checkpoint_id=str(ckpt))
+    shutil.copy(converter_runs["trained"] / "iter_0000002" / "run_config.yaml", ckpt)
+    with pytest.raises(UserError, match="tied"):
+        export_checkpoint(ckpt, tmp_path / "out", phase="pretrain", tokenizer=str(SHARED_TOKENIZER))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 from collections.abc import Iterator
 
@@ -22,10 +21,9 @@ def single_process_world(seed: int = 42) -> Iterator[None]:
     from megatron.core import parallel_state, tensor_parallel
 
     owns_group = not torch.distributed.is_initialized()
-    if owns_group:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-        torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    if owns_group:  # a tcp:// address, not MASTER_* variables that child processes would inherit
+        address = f"tcp://127.0.0.1:{free_port()}"
+        torch.distributed.init_process_group("gloo", init_method=address, rank=0, world_size=1)
     parallel_state.initialize_model_parallel()
     tensor_parallel.model_parallel_cuda_manual_seed(seed, inference_rng_tracker=not torch.cuda.is_available())
     try:

@@ -77,7 +77,7 @@ class Phase:
     lr: LRSchedule
     save_interval: int
     original_layout: ParallelLayout
-    blend: str  # which data blend the phase trains on (see lucie_nemo.blends)
+    blend: str  # which data blend the phase trains on (see lucie_nemo.data.blends)
     starts_from: str | None  # previous phase (weights only) or None for random init
     rampup: BatchRampup | None = None
     published_steps: tuple[int, ...] = ()  # steps released as Hub revisions

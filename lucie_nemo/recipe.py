@@ -121,7 +121,7 @@ def _dataset(phase: Phase, provider: LucieModelProvider, paths: RunPaths):
         reset_position_ids=False,
         eod_mask_loss=False,
         num_dataset_builder_threads=1,
-        split="9999,8,2",
+        split="100,0,0",  # no validation split: the phases run without evaluation (as eval_iters=0)
         data_sharding=True,
         dataloader_type="single",
         skip_getting_attention_mask_from_dataset=True,

@@ -15,9 +15,6 @@ import pytest
 import torch
 
 SHARED_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "lucie" / "tokenizer"
-needs_tokenizer = pytest.mark.skipif(
-    not SHARED_TOKENIZER.is_dir(), reason=f"the real Lucie tokenizer is not in {SHARED_TOKENIZER}"
-)
 SEQ_LENGTH = 64
 TRAIN_ITERS = 2
 

@@ -14,9 +14,8 @@ import yaml
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from converters_fixtures import SHARED_TOKENIZER, converter_runs, exported, needs_tokenizer, tiny_shape  # noqa: F401
+from converters_fixtures import SHARED_TOKENIZER, converter_runs, exported, tiny_shape  # noqa: F401
 
-pytestmark = needs_tokenizer
 
 
 def cli() -> typer.Typer:

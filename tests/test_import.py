@@ -10,10 +10,9 @@ import torch.distributed.checkpoint as dcp
 import typer
 from typer.testing import CliRunner
 
-from converters_fixtures import SHARED_TOKENIZER, converter_runs, needs_tokenizer  # noqa: F401
+from converters_fixtures import SHARED_TOKENIZER, converter_runs  # noqa: F401
 from test_export import MODEL_KEYS, hf_state, read_global
 
-pytestmark = needs_tokenizer
 
 
 def test_layout_is_a_bridge_checkpoint_with_te_names(converter_runs):

@@ -6,9 +6,8 @@ import typer
 from huggingface_hub import HfApi
 from typer.testing import CliRunner
 
-from converters_fixtures import converter_runs, exported, needs_tokenizer  # noqa: F401
+from converters_fixtures import converter_runs, exported  # noqa: F401
 
-pytestmark = needs_tokenizer
 
 
 def run(*args: str):

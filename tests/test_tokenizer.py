@@ -29,7 +29,6 @@ from lucie_nemo.tokenizer import (
 )
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "lucie" / "tokenizer"
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"the real Lucie tokenizer is not in {SHARED}")
 
 SAMPLES = {
     "fr": "Quelle est la capitale de la France ?\nParis. « L’hiver 1954 », l'abbé Pierre (1912-2007) a dit : "

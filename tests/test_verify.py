@@ -10,9 +10,8 @@ import typer
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from converters_fixtures import converter_runs, exported, needs_tokenizer  # noqa: F401
+from converters_fixtures import converter_runs, exported  # noqa: F401
 
-pytestmark = needs_tokenizer
 
 
 def run(*args: str):

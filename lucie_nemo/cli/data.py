@@ -1,0 +1,95 @@
+"""`lucie prepare-data` and `lucie data ...`: tokenized datasets, phase blends, the demo corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lucie_nemo.cli.errors import user_errors
+from lucie_nemo.data.demo_corpus import DEFAULT_MAX_MB
+
+data_app = typer.Typer(help="Data blends of the phases and the demo corpus.", no_args_is_help=True)
+
+
+def prepare_data(
+    inputs: Annotated[list[Path], typer.Argument(help="JSONL (.jsonl/.json/.ndjson), Parquet or .txt/.md files.")],
+    tokenizer: Annotated[str, typer.Option(help="Folder holding tokenizer.json, or a Hub id.")],
+    output_prefix: Annotated[Path, typer.Option(help="Writes PREFIX.bin, PREFIX.idx and PREFIX.stats.json.")],
+    text_field: Annotated[str, typer.Option(help="JSON field or Parquet column holding each document.")] = "text",
+    workers: Annotated[int | None, typer.Option(help="Tokenizer processes.", show_default="the CPU count")] = None,
+    split_at: Annotated[
+        int | None,
+        typer.Option(
+            help="Split by document length N (BOS and EOS included): DIR/length-0-N/NAME gets documents "
+            "of <= N tokens, DIR/length-N-inf/NAME the longer ones (phase 2's layout)."
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Tokenize documents into Megatron indexed datasets, <s> and </s> around each document.
+
+    Resumable: rerun the same command after an interruption and finished input files are kept.
+    """
+    with user_errors():
+        from lucie_nemo.data.prepare import PrepareConfig, default_workers
+        from lucie_nemo.data.prepare import prepare_data as run
+
+        config = PrepareConfig(
+            inputs=tuple(inputs),
+            tokenizer=tokenizer,
+            output_prefix=output_prefix,
+            text_field=text_field,
+            workers=workers or default_workers(),
+            split_at=split_at,
+            progress=progress,
+        )
+        for prefix, stats in run(config).items():
+            typer.echo(
+                f"{prefix}: {stats['documents']:,} documents, {stats['tokens']:,} tokens "
+                f"({stats['empty_documents_skipped']:,} empty skipped)"
+            )
+
+
+@data_app.command("blend")
+def blend(
+    phase: Annotated[str, typer.Argument(help="pretrain, extension or anneal.")],
+    data_root: Annotated[Path, typer.Option(help="Folder that the blend's prefixes are relative to.")],
+    blend_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="A blend CSV, a file of WEIGHT PATH pairs, or a phase-2 folder of three CSVs.",
+            show_default="the original run's",
+        ),
+    ] = None,
+    check: Annotated[bool, typer.Option(help="Check weights and that every .bin/.idx exists.")] = False,
+) -> None:
+    """Print a phase's data blend as JSON: {"prefixes": [...], "weights": [...]}."""
+    with user_errors():
+        from lucie_nemo.data.blends import phase_blend, validate_blend
+
+        result = phase_blend(phase, data_root, blend_file)
+        if check:
+            validate_blend(result)
+        typer.echo(json.dumps({"prefixes": result.prefixes, "weights": result.weights}, indent=2))
+
+
+@data_app.command("demo-corpus")
+def demo_corpus(
+    output_dir: Annotated[Path, typer.Argument(help="Folder for en/fr/de/es/it/code .jsonl files.")],
+    max_mb: Annotated[float, typer.Option(help="Total text size in MB, shared by the six languages.")] = DEFAULT_MAX_MB,
+) -> None:
+    """Build (or reuse) the small multilingual demo corpus from Debian manual pages and Python sources."""
+    with user_errors():
+        from lucie_nemo.data.demo_corpus import build_demo_corpus
+
+        for path in build_demo_corpus(output_dir, max_mb):
+            typer.echo(path)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `prepare-data` and the `data` group to the `lucie` command."""
+    app.command("prepare-data")(prepare_data)
+    app.add_typer(data_app, name="data")

@@ -175,6 +175,12 @@ def test_an_interrupted_run_resumes_without_redoing_finished_files(
     assert stats[prefix]["empty_documents_skipped"] == 2
     assert not work.exists()
 
+    straight = tmp_path / "straight"  # the same inputs without an interruption: the same bytes
+    monkeypatch.setattr(prepare, "_merge_parts", merge)
+    prepare_data(config(inputs, straight))
+    for suffix in (".bin", ".idx"):
+        assert Path(f"{prefix}{suffix}").read_bytes() == Path(f"{straight}{suffix}").read_bytes()
+
 
 def test_resuming_with_other_options_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     inputs = [write_jsonl(tmp_path / f"part{i}.jsonl", DOCUMENTS[:2]) for i in range(2)]

@@ -12,7 +12,7 @@ from converters.hf_writer import DEFAULT_SHARD_SIZE, check_folder, parse_size, p
 from converters.layout import EMBEDDING, FINAL_NORM, OUTPUT_LAYER, HFTensor, hf_tensors, select
 from converters.megatron_reader import CheckpointInfo, CheckpointTensors, LayerTensors, locate, read_shape
 from converters.model_card import model_card
-from converters.staging import staged_output
+from lucie_nemo.staging import staged_folder
 from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import hf_config
 from lucie_nemo.model import LucieShape
@@ -117,7 +117,7 @@ def export_checkpoint(
     source = tokenizer_source(info, tokenizer, shape)
     shards = plan_shards(hf_tensors(shape), parse_size(shard_size))
     out = Path(out)
-    with staged_output(out) as staging:
+    with staged_folder(out) as staging:
         write_shards(staging, shards, _Producer(tensors, layers, shape), progress)
         config = hf_config(resolved, step, shape=shape, norm_eps=info.model_config.get("layernorm_epsilon", 1e-5),
                            init_std=info.model_config.get("init_method_std", 0.009))

@@ -19,7 +19,7 @@ from converters.hf_writer import check_folder, read_json, weight_map
 from converters.layout import LAYER_TENSORS, megatron_tensors
 from converters.megatron_reader import CheckpointTensors, LayerTensors, locate, read_shape
 from converters.megatron_model import build_model
-from converters.staging import staged_output
+from lucie_nemo.staging import staged_folder
 from lucie_nemo.distributed import single_process_world
 from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import rope_theta_of, shape_from_hf_config
@@ -75,7 +75,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, phase: str | None = None) -> 
     config = read_json(hf_dir / "config.json")
     shape = shape_from_hf_config(config, str(hf_dir / "config.json"))
     resolved = hf_phase(config, phase)
-    with single_process_world(), staged_output(out) as staging, contextlib.closing(_SafetensorsFolder(hf_dir)) as source:
+    with single_process_world(), staged_folder(out) as staging, contextlib.closing(_SafetensorsFolder(hf_dir)) as source:
         model = build_model(shape, resolved, torch.bfloat16)
         parameters = dict(model.named_parameters())
         for name, tensor in megatron_tensors(shape, source):

@@ -8,13 +8,10 @@ transformers form disagrees with it, and `export_tokenizer` writes a folder that
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import uuid
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tokenizers import Tokenizer
 
 from lucie_nemo.errors import UserError
+from lucie_nemo.staging import staged_folder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -198,29 +196,6 @@ def read_chat_template(folder: Path) -> str | None:
     return json.loads(config.read_text("utf-8")).get("chat_template") if config.is_file() else None
 
 
-@contextlib.contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; when the block succeeds, move its files into ``out``.
-
-    A missing ``out`` is created by one rename; in an existing folder (a model folder) each file
-    is replaced by one rename. The temporary folder is removed in every case.
-    """
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder: pass a new or existing folder as output")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        yield staging
-        if out.is_dir():
-            for file in staging.iterdir():
-                os.replace(file, out / file.name)
-        else:
-            staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def export_tokenizer(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write the tokenizer files shipped with a model: ``tokenizer.json`` byte for byte, faithful configs.
 
@@ -230,7 +205,7 @@ def export_tokenizer(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     folder = tokenizer_dir(src)
     load_tokenizer(folder)
     out = Path(out)
-    with staged_folder(out) as staging:
+    with staged_folder(out, replace_files=True) as staging:
         shutil.copyfile(folder / "tokenizer.json", staging / "tokenizer.json")
         write_hf_config(staging, read_chat_template(folder))
         load_hf_tokenizer(staging)

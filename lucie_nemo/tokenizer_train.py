@@ -16,13 +16,13 @@ from tokenizers import Tokenizer
 from tokenizers.trainers import BpeTrainer
 
 from lucie_nemo.errors import UserError
+from lucie_nemo.staging import staged_folder
 from lucie_nemo.tokenizer import (
     RESERVED_IDS,
     SPECIAL_TOKENS,
     check_layout,
     load_hf_tokenizer,
     lucie_pipeline,
-    staged_folder,
     write_hf_config,
 )
 
@@ -145,7 +145,7 @@ def train_tokenizer(
     tokenizer_json = _with_lucie_pipeline(tokenizer)
     check_layout(Tokenizer.from_str(tokenizer_json))
     out = Path(output)
-    with staged_folder(out) as staging:
+    with staged_folder(out, replace_files=True) as staging:
         (staging / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         write_hf_config(staging, lucie_pipeline()["chat_template"])
         load_hf_tokenizer(staging)

@@ -23,25 +23,20 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 
 from converters.layout import EMBEDDING, FINAL_NORM, LAYER_TENSORS, OUTPUT_LAYER
 from lucie_nemo.errors import UserError
-from lucie_nemo.model import LucieShape
+from lucie_nemo.model import LucieModelProvider, LucieShape
 
 TRACKER = "latest_checkpointed_iteration.txt"
 TRAIN_STATE_TRACKER = "latest_train_state.pt"
 _ITER_DIR = re.compile(r"^iter_(\d{7})$")
 _NEMO_STEP = re.compile(r"(?:^|[-_])step=(\d+)")
 
-# Model config fields that make a checkpoint Lucie-shaped (field -> required value).
+# Model config fields that make a checkpoint Lucie-shaped, with the values LucieModelProvider declares.
+_LUCIE_RULE_FIELDS = (
+    "normalization", "gated_linear_unit", "add_bias_linear", "add_qkv_bias", "share_embeddings_and_output_weights",
+    "position_embedding_type", "rotary_percent", "rope_scaling", "qk_layernorm", "num_moe_experts",
+)
 _LUCIE_RULES: dict[str, Any] = {
-    "normalization": "RMSNorm",
-    "gated_linear_unit": True,
-    "add_bias_linear": False,
-    "add_qkv_bias": False,
-    "share_embeddings_and_output_weights": False,
-    "position_embedding_type": "rope",
-    "rotary_percent": 1.0,
-    "rope_scaling": False,
-    "qk_layernorm": False,
-    "num_moe_experts": None,
+    name: LucieModelProvider.__dataclass_fields__[name].default for name in _LUCIE_RULE_FIELDS
 }
 
 

@@ -84,12 +84,8 @@ def validate_config(cfg, world_size: int, *, require_initial_checkpoint: bool = 
     with _world_size(world_size):
         try:
             runtime_config_update(candidate)
-        except AssertionError as error:
+        except (AssertionError, ValueError) as error:
             raise UserError(f"Megatron-Bridge rejected the config: {error}") from None
-    if candidate.data_parallel_size != world_size // cfg.model.tensor_model_parallel_size // (
-        cfg.model.pipeline_model_parallel_size * cfg.model.context_parallel_size
-    ):
-        raise AssertionError("data parallel size disagrees with Megatron-Bridge's")
     return candidate
 
 

@@ -110,7 +110,8 @@ def concatenated_corpus(work_dir: Path, corpus_mb: float) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokenizer", default="/work/shared/lucie/tokenizer", help="folder holding tokenizer.json")
+    parser.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[2] / "shared" / "lucie" / "tokenizer"),
+                        help="folder holding tokenizer.json (default: the real Lucie tokenizer in ../shared)")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--corpus-mb", type=float, default=60.0, help="demo corpus size (MB of text)")
     parser.add_argument("--repeat", type=int, default=1, help="alternate the two runs N times, keep the best")

@@ -47,12 +47,13 @@ class OptimizerSettings:
 
 @dataclass(frozen=True)
 class ParallelLayout:
-    """How the original run laid the model out on its cluster."""
+    """How a run lays the model out on its allocation (a phase's: the original run's)."""
 
     tensor_parallel: int
     pipeline_parallel: int
     nodes: int
     gpus_per_node: int = 4
+    context_parallel: int = 1
 
     @property
     def world_size(self) -> int:
@@ -60,7 +61,7 @@ class ParallelLayout:
 
     @property
     def data_parallel(self) -> int:
-        return self.world_size // (self.tensor_parallel * self.pipeline_parallel)
+        return self.world_size // (self.tensor_parallel * self.pipeline_parallel * self.context_parallel)
 
 
 @dataclass(frozen=True)

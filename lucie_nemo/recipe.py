@@ -7,7 +7,7 @@ sample-based scheduler, precision, recompute) is here.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +28,7 @@ from megatron.bridge.training.config import (
 
 from lucie_nemo.errors import UserError
 from lucie_nemo.model import LucieModelProvider, lucie_7b
-from lucie_nemo.phases import Phase
+from lucie_nemo.phases import ParallelLayout, Phase
 from lucie_nemo.schedule import PhaseSchedule
 from lucie_nemo.training import SampleSchedule, SampleScheduledConfigContainer
 
@@ -44,44 +44,10 @@ PRECISION_PRESETS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Layout:
-    """How one run is laid out on its allocation."""
-
-    nodes: int
-    gpus_per_node: int
-    tensor_parallel: int
-    pipeline_parallel: int
-    context_parallel: int = 1
-
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.gpus_per_node
-
-    @property
-    def model_parallel(self) -> int:
-        return self.tensor_parallel * self.pipeline_parallel * self.context_parallel
-
-    @property
-    def data_parallel(self) -> int:
-        if self.world_size % self.model_parallel:
-            raise UserError(
-                f"{self.world_size} GPUs ({self.nodes} nodes x {self.gpus_per_node}) are not divisible by "
-                f"TP x PP x CP = {self.tensor_parallel} x {self.pipeline_parallel} x {self.context_parallel}: "
-                "change --nodes or the parallel sizes"
-            )
-        return self.world_size // self.model_parallel
-
-
-def original_layout(phase: Phase, nodes: int | None = None, gpus_per_node: int | None = None) -> Layout:
+def original_layout(phase: Phase, nodes: int | None = None, gpus_per_node: int | None = None) -> ParallelLayout:
     """The phase's original TP/PP, on ``nodes`` nodes (default: the original node count)."""
     layout = phase.original_layout
-    return Layout(
-        nodes=nodes or layout.nodes,
-        gpus_per_node=gpus_per_node or layout.gpus_per_node,
-        tensor_parallel=layout.tensor_parallel,
-        pipeline_parallel=layout.pipeline_parallel,
-    )
+    return replace(layout, nodes=nodes or layout.nodes, gpus_per_node=gpus_per_node or layout.gpus_per_node)
 
 
 @dataclass(frozen=True)
@@ -137,7 +103,7 @@ def _dataset(phase: Phase, provider: LucieModelProvider, paths: RunPaths):
 
 def build_config(
     phase: Phase,
-    layout: Layout,
+    layout: ParallelLayout,
     paths: RunPaths,
     *,
     model: LucieModelProvider | None = None,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lucie_nemo.demo import scalars
 from lucie_nemo.demo_scale import demo_phases
 from lucie_nemo.schedule import PhaseSchedule
 
@@ -25,14 +26,7 @@ def _train(phase: str, root: Path, iterations: int) -> None:
 
 
 def _scalars(run_dir: Path, tag: str) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    values: dict[int, float] = {}
-    for event_file in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):  # one per (re)start
-        events = EventAccumulator(str(event_file))
-        events.Reload()
-        values.update({event.step: event.value for event in events.Scalars(tag)})
-    return values
+    return scalars(run_dir / "tensorboard", tag)
 
 
 def _latest_iteration(run_dir: Path) -> int:

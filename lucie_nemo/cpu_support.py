@@ -1,4 +1,4 @@
-"""Run megatron-core and Megatron-Bridge on a machine without CUDA (gloo, world size 1).
+"""Run megatron-core and Megatron-Bridge on a machine without CUDA (gloo, one rank or several).
 
 Megatron assumes CUDA at a handful of call sites. Each redirect below names the
 upstream place it covers; ``activate()`` applies them only when CUDA is absent.
@@ -94,6 +94,7 @@ TORCH_REDIRECTED_MODULES: dict[str, str] = {
     "megatron.core.optimizer.optimizer": 'found_inf / overflow buffers on device="cuda"',
     "megatron.core.optimizer.clip_grads": 'get_grad_norm_fp32(): total_norm on device="cuda"',
     "megatron.core.pipeline_parallel.schedules": 'forward_backward_no_pipelining(): total_num_tokens on "cuda"',
+    "megatron.core.pipeline_parallel.p2p_communication": "P2PCommunicator: recv buffers on torch.cuda.current_device()",
     "megatron.core.models.common.embeddings.rotary_pos_embedding": "get_emb(): inv_freq.to(torch.cuda.current_device())",
     "megatron.core.utils": "GlobalMemoryBuffer.get_tensor(): torch.cuda.current_device()",
     "megatron.core.transformer.utils": 'get_default_causal_mask(): mask on device="cuda" (attention_mask=None)',
@@ -155,6 +156,39 @@ def _clip_grads_on_cpu(original):
     return clip_grad_by_total_norm_fp32
 
 
+@contextlib.contextmanager
+def _cpu_tensors_typed_as_cuda():
+    """Within the block, ``tensor.type()`` of a CPU tensor names its CUDA type (torch.FloatTensor ->
+    torch.cuda.FloatTensor)."""
+    original = torch.Tensor.type
+
+    def type_(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        if args or kwargs or self.device.type != "cpu":  # a conversion, or not a CPU tensor
+            return result
+        return result.replace("torch.", "torch.cuda.", 1)
+
+    torch.Tensor.type = type_
+    try:
+        yield
+    finally:
+        torch.Tensor.type = original
+
+
+def _distributed_optimizer_on_cpu(original):
+    """DistributedOptimizer._build_model_and_main_param_groups sorts parameters by ``param.type()``
+    and refuses any that is not a torch.cuda one; let it see the CPU parameters' CUDA type names."""
+
+    class DistributedOptimizer(original):
+        @classmethod
+        def _build_model_and_main_param_groups(cls, *args, **kwargs):
+            with _cpu_tensors_typed_as_cuda():
+                return super()._build_model_and_main_param_groups(*args, **kwargs)
+
+    DistributedOptimizer.__module__ = original.__module__
+    return DistributedOptimizer
+
+
 @dataclass(frozen=True)
 class Redirect:
     """Replace ``module.attribute`` by ``make(original)``; ``marker`` is the CUDA-only code it covers."""
@@ -178,6 +212,9 @@ FUNCTION_REDIRECTS: tuple[Redirect, ...] = (
     Redirect("megatron.core.optimizer.optimizer", "clip_grad_by_total_norm_fp32", _clip_grads_on_cpu,
              "megatron.core.optimizer.clip_grads:clip_grad_by_total_norm_fp32",
              "assert param.grad.type() == 'torch.cuda.FloatTensor'"),
+    Redirect("megatron.core.optimizer", "DistributedOptimizer", _distributed_optimizer_on_cpu,
+             "megatron.core.optimizer.distrib_optimizer:DistributedOptimizer",
+             "elif model_param.type() == 'torch.cuda.FloatTensor':"),
 )
 
 
@@ -291,8 +328,7 @@ def adapt_config_for_cpu(cfg) -> None:
     # on resume. Nothing random is drawn after init here (dropout 0; data order follows
     # consumed samples), so a resumed CPU run continues identically without them.
     cfg.checkpoint.load_rng = False
-    # The distributed optimizer requires torch.cuda parameter types; at world size 1 it is
-    # the plain optimizer anyway.
+    # At world size 1 the distributed optimizer is the plain optimizer anyway.
     cfg.optimizer.use_distributed_optimizer = False
     cfg.ddp.use_distributed_optimizer = False
     cfg.optimizer.bf16 = False

@@ -1,7 +1,8 @@
 """Shared fixtures of the converter tests: a random tiny Hugging Face Lucie model, its import, and one short
 CPU training run (Megatron-Bridge pretrain) that starts from it; imported explicitly by tests/test_*.py.
 
-Run as a script, it is the training run: ``python converters_fixtures.py OUT PRETRAINED_CHECKPOINT``.
+Run as a script, it is the training run: ``python converters_fixtures.py OUT PRETRAINED_CHECKPOINT [OPTIONS]``,
+one rank, or several under torchrun (``--tensor-parallel 2`` etc.: see ``Layout``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -48,9 +50,34 @@ def write_random_hf(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def train(out: Path, pretrained: Path) -> Path:
-    """Two training iterations on mock data from ``pretrained`` (a fresh process: Bridge's save needs one)."""
-    subprocess.run([sys.executable, __file__, str(out), str(pretrained)], check=True, capture_output=True)
+@dataclass(frozen=True)
+class Layout:
+    """How a training run splits the model over its ranks; the ranks left over are data parallel."""
+
+    ranks: int = 1
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    distributed_optimizer: bool = False
+
+    @property
+    def data_parallel(self) -> int:
+        return self.ranks // (self.tensor_parallel * self.pipeline_parallel)
+
+    def options(self) -> list[str]:
+        """The script's options for this layout (the ranks are torchrun's)."""
+        options = ["--tensor-parallel", str(self.tensor_parallel), "--pipeline-parallel", str(self.pipeline_parallel)]
+        return options + ["--distributed-optimizer"] * self.distributed_optimizer
+
+
+def train(out: Path, pretrained: Path, layout: Layout = Layout(), train_iters: int = TRAIN_ITERS) -> Path:
+    """``train_iters`` iterations on mock data from ``pretrained``, saving each (fresh processes: Bridge's save
+    needs them); several ranks run under torchrun, on gloo."""
+    launcher = [sys.executable]
+    if layout.ranks > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(layout.ranks)]
+    command = [*launcher, __file__, str(out), str(pretrained), *layout.options(), "--train-iters", str(train_iters)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return out
 
 
@@ -81,7 +108,7 @@ def exported(converter_runs, tmp_path_factory) -> Path:
     return out
 
 
-def _training_config(out: Path, pretrained: Path):
+def _training_config(out: Path, pretrained: Path, layout: Layout, train_iters: int):
     from megatron.bridge.training.config import (
         CheckpointConfig, ConfigContainer, DistributedInitConfig, LoggerConfig, MockGPTDatasetConfig, RNGConfig,
         SchedulerConfig, TokenizerConfig, TrainingConfig, ValidationConfig,
@@ -94,15 +121,17 @@ def _training_config(out: Path, pretrained: Path):
 
     model = use_local_layers(build_provider(tiny_shape(), PRETRAIN))
     model.seq_length = SEQ_LENGTH
+    model.tensor_model_parallel_size = layout.tensor_parallel
+    model.pipeline_model_parallel_size = layout.pipeline_parallel
     return ConfigContainer(
         model=model,
-        train=TrainingConfig(train_iters=TRAIN_ITERS, global_batch_size=2, micro_batch_size=1),
+        train=TrainingConfig(train_iters=train_iters, global_batch_size=2, micro_batch_size=1),
         validation=ValidationConfig(eval_interval=1000, eval_iters=0),
         optimizer=OptimizerConfig(optimizer="adam", lr=1e-3, min_lr=1e-3, weight_decay=0.1, bf16=False,
-                                  use_distributed_optimizer=False),
-        scheduler=SchedulerConfig(lr_decay_style="constant", lr_warmup_iters=2, lr_warmup_init=0.0,
+                                  use_distributed_optimizer=layout.distributed_optimizer),
+        scheduler=SchedulerConfig(lr_decay_style="constant", lr_warmup_iters=train_iters, lr_warmup_init=0.0,
                                   start_weight_decay=0.1, end_weight_decay=0.1, weight_decay_incr_style="constant"),
-        ddp=DistributedDataParallelConfig(use_distributed_optimizer=False, grad_reduce_in_fp32=True),
+        ddp=DistributedDataParallelConfig(use_distributed_optimizer=layout.distributed_optimizer, grad_reduce_in_fp32=True),
         dataset=MockGPTDatasetConfig(seq_length=SEQ_LENGTH, random_seed=1234, reset_attention_mask=False,
                                      reset_position_ids=False, eod_mask_loss=False, num_dataset_builder_threads=1,
                                      split="9999,8,2", skip_getting_attention_mask_from_dataset=True,
@@ -116,7 +145,20 @@ def _training_config(out: Path, pretrained: Path):
     )
 
 
-if __name__ == "__main__":
+def _parse_arguments(argv: list[str]):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="One short CPU training run (under torchrun for several ranks).")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("pretrained", type=Path)
+    parser.add_argument("--tensor-parallel", type=int, default=1)
+    parser.add_argument("--pipeline-parallel", type=int, default=1)
+    parser.add_argument("--distributed-optimizer", action="store_true")
+    parser.add_argument("--train-iters", type=int, default=TRAIN_ITERS)
+    return parser.parse_args(argv)
+
+
+def _main(argv: list[str]) -> None:
     import os
 
     from lucie_nemo import runtime
@@ -126,6 +168,14 @@ if __name__ == "__main__":
     from megatron.bridge.training.gpt_step import forward_step
     from megatron.bridge.training.pretrain import pretrain
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    pretrain(_training_config(Path(sys.argv[1]), Path(sys.argv[2])), forward_step)
+    if "RANK" not in os.environ:  # started directly, not by torchrun: a world of one
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    arguments = _parse_arguments(argv)
+    layout = Layout(int(os.environ["WORLD_SIZE"]), arguments.tensor_parallel, arguments.pipeline_parallel,
+                    arguments.distributed_optimizer)
+    pretrain(_training_config(arguments.out, arguments.pretrained, layout, arguments.train_iters), forward_step)
     print(json.dumps({"done": True}))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

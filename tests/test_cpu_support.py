@@ -72,3 +72,16 @@ def test_lora_layers_still_imports_transformer_engine_unconditionally():
     """If this fails, Megatron-Bridge made the import optional: drop the import hook."""
     spec = importlib.util.find_spec("megatron.bridge.peft.lora_layers")
     assert "\nimport transformer_engine.pytorch as te\n" in open(spec.origin).read()
+
+
+def test_cuda_type_names_stay_inside_the_distributed_optimizer_build(megatron_runtime):
+    """Only DistributedOptimizer's parameter sorting sees CPU tensors as torch.cuda ones."""
+    parameter = torch.nn.Parameter(torch.ones(2))
+    with cpu_support._cpu_tensors_typed_as_cuda():
+        assert parameter.type() == "torch.cuda.FloatTensor"
+        assert parameter.type(torch.float64).dtype == torch.float64
+    assert parameter.type() == "torch.FloatTensor"
+    from megatron.core.optimizer import DistributedOptimizer
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer as upstream
+
+    assert issubclass(DistributedOptimizer, upstream)  # isinstance checks against upstream still hold

@@ -71,18 +71,32 @@ def verify(
 def publish(
     hf_dir: Annotated[Path, typer.Argument(help="Exported Hugging Face folder.")],
     repo: Annotated[str, typer.Option("--repo", help="Hub model repository, e.g. OpenLLM-France/Lucie-7B.")],
-    revision: Annotated[str, typer.Option("--revision", help="Branch, e.g. step0005000 or extension_step0000250.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be uploaded, upload nothing.")] = False,
+    revision: Annotated[str | None, typer.Option(
+        "--revision", help="Branch: the folder's own revision (default, from config.json), or main.")] = None,
+    endpoint: Annotated[str | None, typer.Option(
+        "--endpoint", help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co).")] = None,
+    private: Annotated[bool, typer.Option(
+        "--private", help="Create the repository private (if it is created).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan, contact nothing.")] = False,
 ) -> None:
-    """Create branch REVISION in REPO (if missing) and upload the checked folder to it."""
+    """Create REPO and its branch REVISION if missing and upload the checked folder; unchanged files are skipped.
+
+    The token is huggingface_hub's: HF_TOKEN, or the one saved by `hf auth login`.
+    """
     with user_errors():
         from converters.publish import plan, publish as run_publish
 
-        upload = plan(hf_dir, repo, revision)
-        for name, size in upload.files:
-            print(f"{size:>14,}  {name}")
-        print(f"{len(upload.files)} files, {upload.total_bytes:,} bytes -> {repo} @ {revision}")
+        upload = plan(hf_dir, repo, revision, endpoint, private)
+        print(f"repository {upload.repo_id}{' (private if new)' if private else ''} on {upload.endpoint}, "
+              f"branch {upload.revision}")
+        for file in upload.files:
+            print(f"{file.size:>14,}  {file.path}")
+        print(f"{len(upload.files)} files, {upload.total_bytes:,} bytes")
         if dry_run:
             print("dry run: nothing uploaded")
             return
-        print(f"uploaded: {run_publish(upload)}")
+        result = run_publish(upload)
+    if result.changed:
+        print(f"committed: {result.commit_url}")
+    else:
+        print(f"nothing changed: {upload.revision} already holds these files ({result.commit_url})")

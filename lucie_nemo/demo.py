@@ -19,6 +19,8 @@ from lucie_nemo.errors import UserError
 
 PHASE_ORDER = ("pretrain", "extension", "anneal")
 PROMPTS = ("La capitale de la France est", "The history of the city of", "def fibonacci(n):")
+# Greedy, with the repetition controls a model this small needs to say more than "la la la".
+GENERATION = {"max_new_tokens": 24, "do_sample": False, "repetition_penalty": 1.3, "no_repeat_ngram_size": 3}
 # Phase 2 trains on documents split at the (scaled) phase-1 context, the long part up-weighted 10x.
 LONG_DOCUMENT_WEIGHT = 10
 _ITERATION = re.compile(r"iteration\s+(\d+)/\s*(\d+)")
@@ -52,16 +54,12 @@ class DemoReport:
     generations: dict[str, str]
 
 
-def _lucie(*args: str, log: Path | None = None, total: int | None = None, label: str = "") -> None:
-    """Run a `lucie` sub-command in a fresh process (Megatron keeps global state per process)."""
-    command = [sys.executable, "-m", "lucie_nemo.cli", *args]
-    if log is None:
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise UserError(f"`lucie {' '.join(args)}` failed:\n{result.stderr[-2000:]}")
-        return
+def _train_process(*args: str, log: Path, total: int, label: str) -> None:
+    """Run `lucie ARGS` in a fresh process (Megatron keeps global state per process), its output to ``log``
+    and its iterations to a progress bar."""
     from tqdm import tqdm
 
+    command = [sys.executable, "-m", "lucie_nemo.cli", *args]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as sink, tqdm(total=total, desc=label, unit="step") as bar:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -161,9 +159,9 @@ class Demo:
         if self.latest_iteration(phase) == iterations:
             return None
         start = time.monotonic()
-        _lucie("train", phase, "--tiny", "--vocab-size", str(vocab_size), "--data-root", str(self.data_root),
-               "--blend-file", str(blend), "--output-root", str(self.runs), f"train.train_iters={iterations}",
-               log=self.root / "logs" / f"{phase}.log", total=iterations, label=phase)
+        _train_process("train", phase, "--tiny", "--vocab-size", str(vocab_size), "--data-root", str(self.data_root),
+                       "--blend-file", str(blend), "--output-root", str(self.runs), f"train.train_iters={iterations}",
+                       log=self.root / "logs" / f"{phase}.log", total=iterations, label=phase)
         if self.latest_iteration(phase) != iterations:
             raise UserError(f"phase {phase} stopped before step {iterations}; see {self.root / 'logs' / phase}.log")
         return time.monotonic() - start
@@ -189,9 +187,10 @@ class Demo:
         revision = self.phases[phase].revision(step)
         target = self.hub / revision
         if not (target / "config.json").is_file():
+            from converters.export import export_checkpoint  # in this process: it needs no Megatron state
+
             checkpoint = self.runs / phase / "checkpoints" / f"iter_{step:07d}"
-            _lucie("export", str(checkpoint), str(target), "--phase", phase, "--step", str(step),
-                   "--tokenizer", str(tokenizer))
+            export_checkpoint(checkpoint, target, phase=phase, step=step, tokenizer=str(tokenizer), progress=False)
         return revision
 
     def verify(self, revision: str) -> tuple[bool, str]:
@@ -213,7 +212,7 @@ class Demo:
         outputs = {}
         for prompt in PROMPTS:
             ids = tokenizer(prompt, return_tensors="pt").input_ids
-            generated = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            generated = model.generate(ids, pad_token_id=tokenizer.pad_token_id, **GENERATION)
             outputs[prompt] = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
         return outputs
 
@@ -233,6 +232,8 @@ def scalars(folder: Path, tag: str) -> dict[int, float]:
 
 def run_demo(options: DemoOptions) -> DemoReport:
     """Corpus -> tokenizer -> datasets and blends -> phases 1, 2, 3 -> exports -> verify -> samples."""
+    from tqdm import tqdm
+
     from lucie_nemo.tokenizer import load_tokenizer
 
     demo = Demo(options)
@@ -244,7 +245,8 @@ def run_demo(options: DemoOptions) -> DemoReport:
     for phase in PHASE_ORDER:
         wall = demo.train(phase, vocab_size, blends[phase])
         reports.append(demo.phase_report(phase, wall))
-    revisions = [demo.export(phase, step, tokenizer) for phase in PHASE_ORDER for step in demo.saved_steps(phase)]
+    saved = [(phase, step) for phase in PHASE_ORDER for step in demo.saved_steps(phase)]
+    revisions = [demo.export(phase, step, tokenizer) for phase, step in tqdm(saved, desc="export", unit="revision")]
     parity_ok, parity = demo.verify(revisions[-1])
     return DemoReport(reports, revisions, parity, parity_ok, demo.generate(revisions[-1]))
 

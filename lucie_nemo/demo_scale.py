@@ -4,11 +4,16 @@
 |-------------------------|-----------------------------------------|
 | sequence length         | / 16   (4,096 -> 256; 32,000 -> 2,000)  |
 | global batch and rampup | / 64   (256 -> 1,024 becomes 4 -> 16)   |
-| samples (train, warmup, | / 250,000 in phase 1, / 2,500 in phases |
+| samples (train, warmup, | / 150,000 in phase 1, / 2,500 in phases |
 |   rampup, decay)        |   2 and 3                               |
 | save interval           | phase 1 every 50 steps, 2-3 every 10    |
 | micro batch             | 1; one process, TP = PP = 1             |
-| LR values, theta, wd    | unchanged                               |
+| LR values (max and min) | x 30, same schedule shapes              |
+| theta, weight decay     | unchanged                               |
+
+The LR is raised because a 128-wide model trains stably at a much higher LR than a 4,096-wide one,
+and the demo has a few hundred steps, not 750,000: at Lucie's 3e-4 the tiny model learns little
+more than word frequencies in that budget.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from lucie_nemo.phases import BatchRampup, ParallelLayout, Phase
 
 SEQ_DIVISOR = 16
 BATCH_DIVISOR = 64
-SAMPLE_DIVISOR = {"pretrain": 250_000, "extension": 2_500, "anneal": 2_500}
+SAMPLE_DIVISOR = {"pretrain": 150_000, "extension": 2_500, "anneal": 2_500}
 SAVE_INTERVAL = {"pretrain": 50, "extension": 10, "anneal": 10}
+LR_MULTIPLIER = 30
 
 
 def _samples(count: int, phase: Phase) -> int:
@@ -43,6 +49,8 @@ def demo_phase(phase: Phase) -> Phase:
         ) if rampup else None,
         lr=replace(
             phase.lr,
+            max_lr=phase.lr.max_lr * LR_MULTIPLIER,
+            min_lr=phase.lr.min_lr * LR_MULTIPLIER,
             warmup_samples=_samples(phase.lr.warmup_samples, phase) if phase.lr.warmup_samples else 0,
             decay_samples=_samples(phase.lr.decay_samples, phase),
         ),

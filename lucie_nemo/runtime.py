@@ -17,11 +17,17 @@ _NOISY_LOGGERS = (
 )
 
 
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
 def quiet_imports() -> None:
     """Megatron logs a traceback for every optional import it cannot resolve (FP8 managers,
     Apex, ...) and warns about each missing fused kernel; keep the console for real news."""
     for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logger = logging.getLogger(name)
+        if _errors_only not in logger.filters:  # a filter, not a level: some modules reset their level on import
+            logger.addFilter(_errors_only)
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|transformer-engine|Apex|APEX|experimental).*")
     warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -46,4 +52,3 @@ def prepare() -> None:
     from lucie_nemo.training import keep_batch_rampup
 
     keep_batch_rampup()
-    quiet_imports()  # again: importing Megatron-Bridge resets some of its loggers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -31,7 +32,10 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     assert (tmp_path / "runs" / "pretrain" / "tensorboard").is_dir()
     for revision in ("step0000050", "step0000060", "extension_step0000006", "annealing_step0000006"):
         assert (tmp_path / "hub" / revision / "model.safetensors.index.json").is_file()
-    assert len(re.findall(r"^  '.*' -> '.*'$", first.stdout, re.MULTILINE)) == 3
+    continuations = re.findall(r"^  '.*' -> (.*)$", first.stdout, re.MULTILINE)
+    assert len(continuations) == 3
+    words = {word for text in map(ast.literal_eval, continuations) for word in re.findall(r"[^\W\d_]{2,}", text)}
+    assert len(words) >= 3, continuations  # words, not only newlines or one repeated token
 
     second = _demo(tmp_path)
     assert [row[5] for row in _rows(second.stdout).values()] == ["reused"] * 3

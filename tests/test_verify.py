@@ -1,10 +1,12 @@
-"""`lucie verify`: Megatron model (local layers, CPU) vs transformers on multilingual prompts."""
+"""`lucie verify`: megatron-core vs transformers, layer by layer, on multilingual prompts."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
+import pytest
 import torch
 import typer
 from safetensors.torch import load_file, save_file
@@ -13,13 +15,32 @@ from typer.testing import CliRunner
 from converters_fixtures import converter_runs, exported  # noqa: F401
 
 
-
 def run(*args: str):
     from lucie_nemo.cli.convert import register
 
     app = typer.Typer()
     register(app)
     return CliRunner().invoke(app, ["verify", *map(str, args)])
+
+
+def rewrite_shards(folder: Path, change) -> None:
+    """Apply ``change`` (all tensors by name -> None, in place) and write every tensor back to its own shard."""
+    index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    shards = sorted(set(index.values()))
+    tensors = {name: tensor for shard in shards for name, tensor in load_file(folder / shard).items()}
+    change(tensors)
+    for shard in shards:
+        save_file({name: tensors[name].contiguous() for name in tensors if index[name] == shard}, folder / shard,
+                  metadata={"format": "pt"})
+
+
+@pytest.fixture(scope="module")
+def prompts(exported) -> list[torch.Tensor]:
+    from converters.verify import PROMPTS
+    from lucie_nemo.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(exported)
+    return [torch.tensor(tokenizer.encode(text).ids) for text in PROMPTS.values()]
 
 
 def test_correct_export_matches(converter_runs, exported):
@@ -33,24 +54,87 @@ def test_correct_export_matches(converter_runs, exported):
 def test_max_difference_is_tiny_and_continuations_equal(converter_runs, exported):
     from converters.verify import verify
 
-    result = verify(converter_runs["trained"], exported)
+    result = verify(converter_runs["trained"], exported, progress=False)
     assert result.ok
     assert result.max_abs_diff < 1e-4
-    assert all(len(p.hf_tokens) == 8 and p.same_continuation for p in result.prompts)
+    assert all(len(p.hf_tokens) == 8 and p.same_continuation and p.first_difference is None for p in result.prompts)
+
+
+def test_streamed_megatron_logits_equal_the_whole_model(converter_runs, exported, prompts, world):
+    """The one-layer model loaded layer by layer computes what the whole GPTModel computes."""
+    from megatron.core import dist_checkpointing
+
+    from converters.hf_writer import read_json
+    from converters.megatron_model import local_provider
+    from converters.verify import MegatronLayers, checkpoint_model, streamed_logits
+    from lucie_nemo.phases import PRETRAIN
+
+    checkpoint = checkpoint_model(converter_runs["trained"], read_json(exported / "config.json"))
+    whole = local_provider(checkpoint.shape, PRETRAIN, torch.float32, rotary_base=checkpoint.rotary_base).provide()
+    sharded = whole.sharded_state_dict()
+    loaded = dist_checkpointing.load(sharded, str(checkpoint.weights_dir))
+    whole.load_state_dict({key: loaded[key] for key in sharded}, strict=False)
+    with torch.no_grad():
+        for parameter in whole.parameters():
+            parameter.copy_(parameter.to(torch.bfloat16))
+        expected = [whole.eval()(input_ids=ids[None], position_ids=torch.arange(len(ids))[None], attention_mask=None)[0]
+                    for ids in prompts]
+        streamed = streamed_logits(MegatronLayers(checkpoint), prompts)
+    for want, got in zip(expected, streamed):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_streamed_transformers_logits_equal_the_whole_model(exported, prompts):
+    from transformers import LlamaForCausalLM
+
+    from converters.verify import HuggingFaceLayers, streamed_logits
+
+    whole = LlamaForCausalLM.from_pretrained(exported, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = [whole(input_ids=ids[None]).logits[0] for ids in prompts]
+        streamed = streamed_logits(HuggingFaceLayers(exported), prompts)
+    for want, got in zip(expected, streamed):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_teacher_forcing_gives_the_greedy_continuation_up_to_its_first_difference():
+    from converters.verify import PromptResult, own_continuation
+
+    logits = torch.zeros(5, 10)  # prompt of 2 tokens + 3 continuation tokens: positions 1..4 predict
+    for position, token in ((1, 7), (2, 3), (3, 9), (4, 4)):
+        logits[position, token] = 1.0
+    assert own_continuation(logits, 2, [7, 3, 9]) == [7, 3, 9]
+    assert own_continuation(logits, 2, [7, 5, 9]) == [7, 3]
+    result = PromptResult("fr", 0.0, own_continuation(logits, 2, [7, 5, 9]), [7, 5, 9])
+    assert not result.same_continuation and result.first_difference == 1
 
 
 def test_corrupted_export_fails_with_exit_code_1(converter_runs, exported, tmp_path):
     corrupted = tmp_path / "corrupted"
     shutil.copytree(exported, corrupted)
-    index = json.loads((corrupted / "model.safetensors.index.json").read_text())
     name = "model.layers.0.self_attn.k_proj.weight"
-    shard = corrupted / index["weight_map"][name]
-    tensors = load_file(shard)
-    tensors[name] = torch.flip(tensors[name], dims=[0]).contiguous()  # heads in the wrong order
-    save_file(tensors, shard, metadata={"format": "pt"})
+    reverse_heads = lambda tensors: tensors.update({name: torch.flip(tensors[name], dims=[0])})  # noqa: E731
+    rewrite_shards(corrupted, reverse_heads)
     result = run(converter_runs["trained"], corrupted, "--new-tokens", "2")
     assert result.exit_code == 1, result.output
     assert "MISMATCH" in result.output
+
+
+def test_swapped_layers_fail(converter_runs, exported, tmp_path):
+    """An export whose layers 0 and 1 are exchanged (same tensors, wrong places) is caught."""
+    from converters.verify import verify
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(exported, swapped)
+
+    def swap_layers(tensors: dict) -> None:
+        for name in [n for n in tensors if n.startswith("model.layers.0.")]:
+            other = name.replace("model.layers.0.", "model.layers.1.")
+            tensors[name], tensors[other] = tensors[other], tensors[name]
+
+    rewrite_shards(swapped, swap_layers)
+    result = verify(converter_runs["trained"], swapped, new_tokens=2, progress=False)
+    assert not result.ok and result.max_abs_diff > 1e-2
 
 
 def test_wrong_rope_theta_fails(converter_runs, exported, tmp_path):

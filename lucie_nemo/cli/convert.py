@@ -61,7 +61,7 @@ def verify(
 
         result = run_verify(ckpt, hf_dir, tolerance, new_tokens)
     for prompt in result.prompts:
-        same = "same" if prompt.same_continuation else "DIFFERENT"
+        same = "same" if prompt.same_continuation else f"DIFFERENT from token {prompt.first_difference + 1}"
         print(f"{prompt.language:5s} max |Δlogit| {prompt.max_abs_diff:.3e}  greedy {new_tokens} tokens: {same}")
     print(f"max abs difference {result.max_abs_diff:.3e} (tolerance {tolerance:g}): {'match' if result.ok else 'MISMATCH'}")
     if not result.ok:

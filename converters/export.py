@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,22 +80,45 @@ def tokenizer_source(info: CheckpointInfo, tokenizer: str | None, shape: LucieSh
 
 
 class _Producer:
-    """Cuts each Hugging Face tensor out of the checkpoint, keeping the last layer tensor read (q/k/v, gate/up)."""
+    """Cuts each Hugging Face tensor out of the checkpoint, keeping the last layer tensor read (q/k/v, gate/up).
 
-    def __init__(self, tensors: CheckpointTensors, layers: LayerTensors, shape: LucieShape):
+    One background thread reads the checkpoint tensors in the order the shards need them, one ahead of the
+    tensor being written, so reading and writing overlap; at most two checkpoint tensors are in memory.
+    """
+
+    def __init__(self, tensors: CheckpointTensors, layers: LayerTensors, shape: LucieShape, order: list[HFTensor]):
         self.tensors, self.layers, self.shape = tensors, layers, shape
+        self._keys = list(dict.fromkeys((item.source, item.layer) for item in order))
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-read")
+        self._next: tuple[int, Future] | None = None
         self._cached: tuple[tuple[str, int | None], torch.Tensor] | None = None
+
+    def _read(self, key: tuple[str, int | None]) -> torch.Tensor:
+        source, layer = key
+        if source in (EMBEDDING, FINAL_NORM, OUTPUT_LAYER):
+            return self.tensors.read(source)
+        return self.layers.read(source, layer)
+
+    def _take(self, key: tuple[str, int | None]) -> torch.Tensor:
+        """``key``'s tensor (read ahead if it was next), and the read of the one after it started."""
+        position = self._keys.index(key)
+        if self._next is not None and self._next[0] == position:
+            future = self._next[1]
+        else:
+            future = self._reader.submit(self._read, key)
+        following = position + 1
+        self._next = (following, self._reader.submit(self._read, self._keys[following])) if following < len(self._keys) else None
+        return future.result()
 
     def __call__(self, item: HFTensor) -> torch.Tensor:
         key = (item.source, item.layer)
         if self._cached is None or self._cached[0] != key:
-            self._cached = None  # free the previous tensor before reading the next
-            if item.source in (EMBEDDING, FINAL_NORM, OUTPUT_LAYER):
-                source = self.tensors.read(item.source)
-            else:
-                source = self.layers.read(item.source, item.layer)
-            self._cached = (key, source)
+            self._cached = None  # free the previous tensor before taking the next
+            self._cached = (key, self._take(key))
         return select(self._cached[1], item, self.shape)
+
+    def close(self) -> None:
+        self._reader.shutdown(wait=True, cancel_futures=True)
 
 
 def export_checkpoint(
@@ -117,8 +141,12 @@ def export_checkpoint(
     source = tokenizer_source(info, tokenizer, shape)
     shards = plan_shards(hf_tensors(shape), parse_size(shard_size))
     out = Path(out)
+    producer = _Producer(tensors, layers, shape, [item for shard in shards for item in shard])
     with staged_folder(out) as staging:
-        write_shards(staging, shards, _Producer(tensors, layers, shape), progress)
+        try:
+            write_shards(staging, shards, producer, progress)
+        finally:
+            producer.close()
         config = hf_config(resolved, step, shape=shape, norm_eps=info.model_config.get("layernorm_epsilon", 1e-5),
                            init_std=info.model_config.get("init_method_std", 0.009))
         _write_json(staging / "config.json", config)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lucie_nemo.demo import scalars
-from lucie_nemo.demo_scale import demo_phases
+from lucie_nemo.demo_scale import LR_MULTIPLIER, demo_phases
 from lucie_nemo.schedule import PhaseSchedule
 
 PHASES = demo_phases()
@@ -50,7 +50,7 @@ def test_batch_rampup_and_lr_follow_the_sample_schedule(runs):
     batches = _scalars(root / "pretrain", "batch-size")
     rates = _scalars(root / "pretrain", "learning-rate")
     assert [batches[step] for step in range(1, 11)] == [plan.global_batch_size(step) for step in range(1, 11)]
-    assert batches[1] == 4 and batches[7] == 16  # rampup 4 -> 16 (Lucie's 256 -> 1,024 / 64)
+    assert batches[1] == 4 and batches[10] == 16  # rampup 4 -> 16 (Lucie's 256 -> 1,024 / 64)
     for step in range(1, 11):
         assert rates[step] == pytest.approx(plan.lr(step), rel=1e-6), step
 
@@ -73,5 +73,6 @@ def test_next_phase_starts_from_weights_only(runs):
     assert _latest_iteration(run) == 3
     rates = _scalars(run, "learning-rate")
     assert sorted(rates) == [1, 2, 3]  # a fresh iteration count, not phase 1's
-    assert all(rate == pytest.approx(2e-5) for rate in rates.values())  # constant LR of phase 2
+    # the constant LR of phase 2: Lucie's 2e-5, times the demo scale's LR multiplier
+    assert all(rate == pytest.approx(2e-5 * LR_MULTIPLIER) for rate in rates.values())
     assert _scalars(run, "batch-size")[1] == PHASES["extension"].global_batch_size

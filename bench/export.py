@@ -1,11 +1,11 @@
 """Time and peak memory of `lucie export` against Megatron-Bridge's AutoBridge export, on one checkpoint.
 
-Builds once, under the work folder, a Lucie-7B-shaped torch_dist checkpoint with random bf16 weights,
-laid out as Megatron saves one (stacked layers, one chunk per layer, run_config.yaml of the CPU model,
-tokenizer folder), plus a Hugging Face reference folder (config.json + tokenizer) that AutoBridge needs
-to know the architecture. Each tensor chunk is drawn as it is written, so building takes about 2.5 GiB
-of RAM at any size (imports, one 0.5 GB embedding and its serialization); a COMPLETE file, written
-last, marks a finished build that later runs reuse.
+Builds once, under the work folder, a Lucie-7B-shaped torch_dist checkpoint with random bf16 weights
+(N(0, 0.02), norms 1), laid out as Megatron saves one (stacked layers, one chunk per layer,
+run_config.yaml of the CPU model, tokenizer folder), plus a Hugging Face reference folder (config.json +
+tokenizer) that AutoBridge needs to know the architecture. Each tensor chunk is drawn as it is written,
+so building takes about 2.5 GiB of RAM at any size (imports, one 0.5 GB embedding and its
+serialization); a COMPLETE file, written last, marks a finished build that later runs reuse.
 
 Each export then runs in a fresh child process (Python imports included), after the checkpoint files
 have been read once to warm the page cache equally for both, timed, its RSS sampled every
@@ -51,6 +51,7 @@ GIB = 2**30
 HEADROOM = 1 * GIB
 SAMPLE_SECONDS = 0.05
 COMPLETE = "COMPLETE"
+WEIGHT_STD = 0.02
 
 # --- the checkpoint (built in a child process) ------------------------------------------------
 
@@ -137,7 +138,11 @@ def write_random_weights(folder: Path, layers: int) -> None:
         def resolve_data(self, item):
             if item.type == WriteItemType.BYTE_IO:
                 return io.BytesIO(objects[item.index.fqn])
-            return torch.randn(item.tensor_data.chunk.sizes, dtype=torch.bfloat16, generator=self.generator)
+            sizes = item.tensor_data.chunk.sizes
+            if len(sizes) == 1 or item.index.fqn.endswith("norm_weight"):  # norms: ones, as at initialisation
+                return torch.ones(sizes, dtype=torch.bfloat16)
+            # N(0, 0.02) like a trained model's weights, so that logits stay finite and `lucie verify` is meaningful
+            return (torch.randn(sizes, generator=self.generator) * WEIGHT_STD).to(torch.bfloat16)
 
     writer = FileSystemWriter(str(folder), single_file_per_rank=True, thread_count=1)
     save({}, storage_writer=writer, planner=RandomWeights(), no_dist=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 
 import torch
@@ -79,43 +81,49 @@ def tokenizer_source(info: CheckpointInfo, tokenizer: str | None, shape: LucieSh
     return source
 
 
-class _Producer:
-    """Cuts each Hugging Face tensor out of the checkpoint, keeping the last layer tensor read (q/k/v, gate/up).
+_SourceKey = tuple[str, int | None]  # (checkpoint tensor, layer)
 
-    One background thread reads the checkpoint tensors in the order the shards need them, one ahead of the
-    tensor being written, so reading and writing overlap; at most two checkpoint tensors are in memory.
+
+def _source_key(item: HFTensor) -> _SourceKey:
+    return item.source, item.layer
+
+
+class _Producer:
+    """Cuts each Hugging Face tensor out of the checkpoint tensor it comes from (q/k/v from one QKV read,
+    gate/up from one FC1 read), called in the shards' order.
+
+    One background thread reads the checkpoint tensors in that order, one ahead of the tensor being written,
+    so reading and writing overlap; at most two checkpoint tensors are in memory.
     """
 
     def __init__(self, tensors: CheckpointTensors, layers: LayerTensors, shape: LucieShape, order: list[HFTensor]):
         self.tensors, self.layers, self.shape = tensors, layers, shape
-        self._keys = list(dict.fromkeys((item.source, item.layer) for item in order))
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-read")
-        self._next: tuple[int, Future] | None = None
-        self._cached: tuple[tuple[str, int | None], torch.Tensor] | None = None
+        self._sources = self._read_ahead([key for key, _ in groupby(order, key=_source_key)])
+        self._current: tuple[_SourceKey, torch.Tensor] | None = None
 
-    def _read(self, key: tuple[str, int | None]) -> torch.Tensor:
+    def _read(self, key: _SourceKey) -> torch.Tensor:
         source, layer = key
         if source in (EMBEDDING, FINAL_NORM, OUTPUT_LAYER):
             return self.tensors.read(source)
         return self.layers.read(source, layer)
 
-    def _take(self, key: tuple[str, int | None]) -> torch.Tensor:
-        """``key``'s tensor (read ahead if it was next), and the read of the one after it started."""
-        position = self._keys.index(key)
-        if self._next is not None and self._next[0] == position:
-            future = self._next[1]
-        else:
-            future = self._reader.submit(self._read, key)
-        following = position + 1
-        self._next = (following, self._reader.submit(self._read, self._keys[following])) if following < len(self._keys) else None
-        return future.result()
+    def _read_ahead(self, keys: list[_SourceKey]) -> Iterator[tuple[_SourceKey, torch.Tensor]]:
+        """Each key's tensor in turn, the next one's read started before this one is handed over."""
+        pending: tuple[_SourceKey, Future] | None = None
+        for key in keys:
+            following = (key, self._reader.submit(self._read, key))
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = following
+        if pending is not None:
+            yield pending[0], pending[1].result()
 
     def __call__(self, item: HFTensor) -> torch.Tensor:
-        key = (item.source, item.layer)
-        if self._cached is None or self._cached[0] != key:
-            self._cached = None  # free the previous tensor before taking the next
-            self._cached = (key, self._take(key))
-        return select(self._cached[1], item, self.shape)
+        if self._current is None or self._current[0] != _source_key(item):
+            self._current = None  # free the previous tensor before taking the next
+            self._current = next(self._sources)
+        return select(self._current[1], item, self.shape)
 
     def close(self) -> None:
         self._reader.shutdown(wait=True, cancel_futures=True)

@@ -29,6 +29,19 @@ def tiny_shape():
                       num_query_groups=2, vocab_size=65_024)
 
 
+def hf_state(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a Hugging Face folder (sharded with an index, or one model.safetensors)."""
+    from safetensors import safe_open
+
+    from converters.hf_writer import weight_map
+
+    state = {}
+    for file in sorted(set(weight_map(folder).values())):
+        with safe_open(folder / file, framework="pt") as shard:
+            state.update({name: shard.get_tensor(name) for name in shard.keys()})
+    return state
+
+
 def write_random_hf(folder: Path, seed: int = 0) -> Path:
     """A random Lucie-shaped LlamaForCausalLM (bf16, norms away from 1) with the real tokenizer."""
     import converters  # noqa: F401  (prepares the Megatron runtime)

@@ -14,7 +14,7 @@ import yaml
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from converters_fixtures import SHARED_TOKENIZER, converter_runs, exported, tiny_shape  # noqa: F401
+from converters_fixtures import SHARED_TOKENIZER, converter_runs, exported, hf_state, tiny_shape  # noqa: F401
 
 
 
@@ -31,15 +31,6 @@ def read_global(folder: Path, names: list[str]) -> dict[str, torch.Tensor]:
     metadata = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
     state = {name: torch.empty(tuple(metadata[name].size), dtype=metadata[name].properties.dtype) for name in names}
     dcp.load(state, checkpoint_id=str(folder))
-    return state
-
-
-def hf_state(folder: Path) -> dict[str, torch.Tensor]:
-    index = json.loads((folder / "model.safetensors.index.json").read_text())
-    state = {}
-    for file in sorted(set(index["weight_map"].values())):
-        with safe_open(folder / file, framework="pt") as shard:
-            state.update({name: shard.get_tensor(name) for name in shard.keys()})
     return state
 
 

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata
 
-from converters_fixtures import SHARED_TOKENIZER, Layout, converter_runs, train  # noqa: F401
+from converters_fixtures import SHARED_TOKENIZER, Layout, converter_runs, hf_state, train  # noqa: F401
 
 REFERENCE = "tp1pp1"
 LAYOUTS = {
@@ -78,14 +77,6 @@ def _files_holding(metadata: Metadata, prefix: str) -> set[str]:
     return {item.relative_path for index, item in metadata.storage_data.items() if index.fqn.startswith(prefix)}
 
 
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(file, framework="pt") as shard:
-            tensors.update({f"{file.name}:{name}": shard.get_tensor(name) for name in shard.keys()})
-    return tensors
-
-
 def _other_files(folder: Path) -> dict[str, bytes]:
     return {file.name: file.read_bytes() for file in sorted(folder.iterdir()) if file.suffix != ".safetensors"}
 
@@ -107,11 +98,9 @@ def test_checkpoint_is_stored_in_its_layout(layout_checkpoints, name):
 def test_export_is_identical_to_the_tp1pp1_export(layout_exports, name):
     got, want = layout_exports[name], layout_exports[REFERENCE]
     assert _other_files(got) == _other_files(want)  # config.json, index, tokenizer, model card
-    _assert_same_tensors(_tensors(got), _tensors(want))
+    _assert_same_tensors(hf_state(got), hf_state(want))
 
 
 def test_export_round_trips_the_pretrained_hf_weights(converter_runs, layout_exports):  # noqa: F811
     """bf16 HF -> fp32 training weights (LR 0) -> bf16 export is exact."""
-    exported = {name.partition(":")[2]: tensor for name, tensor in _tensors(layout_exports[REFERENCE]).items()}
-    pretrained = {name.partition(":")[2]: tensor for name, tensor in _tensors(converter_runs["hf"]).items()}
-    _assert_same_tensors(exported, pretrained)
+    _assert_same_tensors(hf_state(layout_exports[REFERENCE]), hf_state(converter_runs["hf"]))

@@ -10,8 +10,8 @@ import torch.distributed.checkpoint as dcp
 import typer
 from typer.testing import CliRunner
 
-from converters_fixtures import SHARED_TOKENIZER, converter_runs  # noqa: F401
-from test_export import MODEL_KEYS, hf_state, read_global
+from converters_fixtures import SHARED_TOKENIZER, converter_runs, hf_state  # noqa: F401
+from test_export import MODEL_KEYS, read_global
 
 
 
@@ -35,15 +35,9 @@ def test_bridge_pretrained_checkpoint_loads_it_unchanged(converter_runs):
     trained = read_global(converter_runs["trained"] / "iter_0000001", MODEL_KEYS)
     for name in MODEL_KEYS:
         assert torch.equal(imported[name].float(), trained[name]), name
-    hf = hf_state_of_model(converter_runs["hf"])
+    hf = hf_state(converter_runs["hf"])
     assert torch.equal(imported["embedding.word_embeddings.weight"], hf["model.embed_tokens.weight"])
     assert torch.equal(imported["decoder.layers.mlp.linear_fc1.weight"][1][:384], hf["model.layers.1.mlp.gate_proj.weight"])
-
-
-def hf_state_of_model(folder):
-    from safetensors.torch import load_file
-
-    return load_file(folder / "model.safetensors")
 
 
 def test_round_trip_export_import_export_is_bit_identical(converter_runs, tmp_path):
@@ -52,7 +46,7 @@ def test_round_trip_export_import_export_is_bit_identical(converter_runs, tmp_pa
 
     first = export_checkpoint(converter_runs["imported"], tmp_path / "first", shard_size="10MB", progress=False)
     assert (first.phase.name, first.step) == ("pretrain", 0)  # from run_config.yaml (4,096 / 500,000) and iter_0000000
-    original = hf_state_of_model(converter_runs["hf"])
+    original = hf_state(converter_runs["hf"])
     exported = hf_state(tmp_path / "first")
     assert set(exported) == set(original)
     assert all(torch.equal(exported[name], original[name]) for name in original)

@@ -367,9 +367,14 @@ def final_line(ours: Run, baseline: Run | None) -> str:
             f"memory ratio {ours.peak_rss / baseline.peak_rss:.2f}")
 
 
+def cache_folder(workdir: Path, layers: int) -> Path:
+    """Where the checkpoint of ``layers`` layers is built (``checkpoint/``) and reused; COMPLETE once built."""
+    return workdir / f"lucie-7b-{layers}-layers"
+
+
 def bench(args: argparse.Namespace) -> None:
     workdir = args.workdir.expanduser()
-    cache = workdir / f"lucie-7b-{args.layers}-layers"
+    cache = cache_folder(workdir, args.layers)
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     ensure_checkpoint(cache, args.layers, args.tokenizer, logs / "build.log")

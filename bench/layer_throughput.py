@@ -1,7 +1,7 @@
 """Training throughput of the full-width Lucie-7B layer stack on one GPU: tokens/s, model TFLOP/s, MFU.
 
 A few real-size layers (hidden 4,096, FFN 12,288, 32/8 heads, vocabulary 65,024), sequence 4,096, bf16,
-Transformer Engine layers when installed. Model FLOPs per token follow the README's count,
+Transformer Engine layers when installed. Model FLOPs per token follow the usual count,
 6 N + 12 L d s (N the parameters of the measured stack). The last line compares the measured MFU with
 the original run's (1,566 tokens/s/GPU for the whole model, i.e. about 7.6% of an H100's 989 TFLOP/s).
 

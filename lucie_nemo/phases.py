@@ -1,7 +1,7 @@
 """The three training phases of Lucie-7B: every per-phase fact, declared once.
 
-Values are those of the original Megatron-DeepSpeed run (see the README's
-"Facts" section). Recipes, the schedule, converters and the CLI read them here.
+Values are those of the original Megatron-DeepSpeed run (tabulated in
+docs/training.md). Recipes, the schedule, converters and the CLI read them here.
 """
 
 from __future__ import annotations

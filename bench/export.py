@@ -172,12 +172,13 @@ def build(cache: Path, layers: int, tokenizer: str) -> None:
     """checkpoint/ (iteration 1) and hf-reference/ under ``cache``."""
     from dataclasses import replace
 
-    import converters  # noqa: F401  (prepares the Megatron runtime)
+    from lucie_nemo import runtime
     from lucie_nemo.architecture import LUCIE_7B
     from lucie_nemo.hf_config import hf_config
     from lucie_nemo.phases import PRETRAIN
     from lucie_nemo.tokenizer import export_tokenizer
 
+    runtime.prepare()  # Megatron-Bridge importable and runnable here
     folder = cache / "checkpoint" / "iter_0000001"
     folder.mkdir(parents=True)
     write_random_weights(folder, layers)
@@ -199,7 +200,9 @@ def export_ours(ckpt: Path, out: Path, shard_size: str) -> None:
 
 
 def export_autobridge(ckpt: Path, reference: Path, out: Path) -> None:
-    import converters  # noqa: F401  (the CPU redirects Megatron needs on this machine)
+    from lucie_nemo import runtime
+
+    runtime.prepare()  # the CPU redirects Megatron needs on this machine
     from megatron.bridge import AutoBridge
     from megatron.bridge.utils.instantiate_utils import register_allowed_target_prefix
 

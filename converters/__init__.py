@@ -4,9 +4,8 @@ One concern per module: ``layout`` (tensor names and QKV / SwiGLU re-packing), `
 (streaming reads of torch_dist checkpoints), ``hf_writer`` (sharded safetensors), ``model_card``,
 ``export``, ``import_hf``, ``megatron_model`` (a one-process Megatron model on CPU), ``verify`` and
 ``publish``. The ``lucie export/import/verify/publish`` commands are thin wrappers over them.
+
+Importing the package loads nothing heavy: the modules that import Megatron (``megatron_reader``,
+``megatron_model``, ``verify``) prepare its runtime themselves, so ``publish`` and the folder checks of
+``hf_writer`` run without torch or Megatron.
 """
-
-from lucie_nemo import runtime
-
-# Every converter uses lucie_nemo.model, which imports Megatron-Bridge: make it importable first.
-runtime.prepare()

@@ -18,7 +18,7 @@ from converters.model_card import model_card
 from lucie_nemo.staging import staged_folder
 from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import hf_config
-from lucie_nemo.model import LucieShape
+from lucie_nemo.architecture import LucieShape
 from lucie_nemo.phases import PHASES, Phase, get_phase
 from lucie_nemo.schedule import PhaseSchedule
 from lucie_nemo.tokenizer import BOS_ID, EOS_ID, export_tokenizer, load_tokenizer

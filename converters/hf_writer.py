@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
@@ -17,10 +18,13 @@ from converters.layout import HFTensor, hf_tensors
 from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import shape_from_hf_config
 
+if TYPE_CHECKING:  # checking a folder needs no torch (lucie publish); writing one imports it
+    import torch
+
 INDEX = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 DEFAULT_SHARD_SIZE = "5GB"  # Hugging Face's default max_shard_size
-DTYPE = torch.bfloat16
+BF16_BYTES = 2
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -36,7 +40,7 @@ def parse_size(text: str) -> int:
 
 
 def nbytes(item: HFTensor) -> int:
-    return torch.Size(item.shape).numel() * DTYPE.itemsize
+    return math.prod(item.shape) * BF16_BYTES
 
 
 def plan_shards(tensors: list[HFTensor], max_bytes: int) -> list[list[HFTensor]]:
@@ -70,12 +74,14 @@ def _header(shard: list[HFTensor]) -> bytes:
 def write_safetensors(path: Path, shard: list[HFTensor], produce: Callable[[HFTensor], torch.Tensor], bar: tqdm) -> None:
     """Write one safetensors file tensor by tensor: the header is known from the shapes, so only the
     tensor being written is in memory (safetensors' own save_file holds the whole shard, twice)."""
+    import torch
+
     header = _header(shard)
     with open(path, "wb") as file:
         file.write(struct.pack("<Q", len(header)))
         file.write(header)
         for item in shard:
-            tensor = produce(item).to(DTYPE).contiguous()
+            tensor = produce(item).to(torch.bfloat16).contiguous()
             if tuple(tensor.shape) != item.shape:
                 raise UserError(f"{item.name} came out as {tuple(tensor.shape)}, expected {item.shape}")
             file.write(tensor.view(torch.uint8).numpy().data)
@@ -117,7 +123,7 @@ def expected_tensors(folder: Path) -> list[HFTensor]:
 def weight_map(folder: Path) -> dict[str, str]:
     """Tensor name -> shard file, from the index (or the one ``model.safetensors`` of an unsharded folder)."""
     if not (folder / INDEX).is_file() and (folder / SINGLE_FILE).is_file():
-        with safe_open(folder / SINGLE_FILE, framework="pt") as single:
+        with safe_open(folder / SINGLE_FILE, framework="numpy") as single:  # names only: numpy keeps torch out
             return {name: SINGLE_FILE for name in single.keys()}
     return read_json(folder / INDEX).get("weight_map", {})
 
@@ -134,7 +140,7 @@ def check_folder(folder: Path) -> None:
     for file in sorted(set(mapping.values())):
         if not (folder / file).is_file():
             raise UserError(f"{folder / file} is named by {INDEX} but missing")
-        with safe_open(folder / file, framework="pt") as shard:
+        with safe_open(folder / file, framework="numpy") as shard:  # metadata only: numpy keeps torch out
             for name in shard.keys():
                 if name in seen:
                     raise UserError(f"{name} is in both {seen[name]} and {file}")

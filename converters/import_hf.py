@@ -23,7 +23,7 @@ from lucie_nemo.staging import staged_folder
 from lucie_nemo.distributed import single_process_world
 from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import rope_theta_of, shape_from_hf_config
-from lucie_nemo.model import LucieShape
+from lucie_nemo.architecture import LucieShape
 from lucie_nemo.phases import PHASES, Phase, get_phase
 from lucie_nemo.tokenizer import export_tokenizer
 

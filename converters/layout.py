@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+from lucie_nemo.architecture import LucieShape
 
-from lucie_nemo.model import LucieShape
+if TYPE_CHECKING:  # the names and shapes above the re-packings are needed without torch (lucie publish)
+    import torch
 
 EMBEDDING = "embedding.word_embeddings.weight"
 FINAL_NORM = "decoder.final_layernorm.weight"
@@ -80,6 +82,8 @@ def split_qkv(qkv: torch.Tensor, shape: LucieShape, part: str) -> torch.Tensor:
 
 def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shape: LucieShape) -> torch.Tensor:
     """The fused QKV weight (per query group) of separate q, k and v weights."""
+    import torch
+
     groups, d = shape.num_query_groups, shape.head_dim
     hidden = q.shape[-1]
     grouped = torch.cat(
@@ -105,6 +109,8 @@ def select(tensor: torch.Tensor, item: HFTensor, shape: LucieShape) -> torch.Ten
 
 def megatron_tensors(shape: LucieShape, hf: Callable[[str], torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of every parameter of the local-spec Megatron model, built from Hugging Face tensors ``hf(name)``."""
+    import torch
+
     yield EMBEDDING, hf("model.embed_tokens.weight")
     for i in range(shape.num_layers):
         p, m = f"model.layers.{i}.", f"decoder.layers.{i}."

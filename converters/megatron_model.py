@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import torch
-from megatron.core.models.gpt import GPTModel
 
-from lucie_nemo.distributed import attach_process_groups
-from lucie_nemo.model import LucieModelProvider, LucieShape, build_provider, use_local_layers
-from lucie_nemo.phases import Phase
+from lucie_nemo import runtime
+
+runtime.prepare()  # before Megatron is imported (import hook, quiet logs, CPU redirects)
+
+from megatron.core.models.gpt import GPTModel  # noqa: E402
+
+from lucie_nemo.distributed import attach_process_groups  # noqa: E402
+from lucie_nemo.model import LucieModelProvider, LucieShape, build_provider, use_local_layers  # noqa: E402
+from lucie_nemo.phases import Phase  # noqa: E402
 
 
 def local_provider(shape: LucieShape, phase: Phase, dtype: torch.dtype, **overrides) -> LucieModelProvider:

@@ -22,8 +22,13 @@ from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from converters.layout import EMBEDDING, FINAL_NORM, LAYER_TENSORS, OUTPUT_LAYER
+from lucie_nemo import runtime
+from lucie_nemo.architecture import LucieShape
 from lucie_nemo.errors import UserError
-from lucie_nemo.model import LucieModelProvider, LucieShape
+
+runtime.prepare()  # before lucie_nemo.model imports Megatron-Bridge (import hook, quiet logs, CPU redirects)
+
+from lucie_nemo.model import LucieModelProvider  # noqa: E402
 
 TRACKER = "latest_checkpointed_iteration.txt"
 TRAIN_STATE_TRACKER = "latest_train_state.pt"

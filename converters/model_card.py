@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from lucie_nemo.model import LucieShape
+from lucie_nemo.architecture import LucieShape
 from lucie_nemo.phases import Phase
 from lucie_nemo.schedule import StepRecord
 

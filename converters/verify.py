@@ -26,21 +26,26 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from megatron.core import dist_checkpointing
-from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensorFactory
-from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding
 from safetensors import safe_open
 from tqdm import tqdm
 
-from converters.hf_writer import check_folder, read_json, weight_map
-from converters.megatron_model import local_provider
-from converters.megatron_reader import CheckpointTensors, LayerTensors, locate, read_shape
-from lucie_nemo.distributed import single_process_world
-from lucie_nemo.errors import UserError
-from lucie_nemo.hf_config import shape_from_hf_config
-from lucie_nemo.model import LucieShape
-from lucie_nemo.phases import PRETRAIN
-from lucie_nemo.tokenizer import load_tokenizer
+from lucie_nemo import runtime
+
+runtime.prepare()  # before Megatron is imported (import hook, quiet logs, CPU redirects)
+
+from megatron.core import dist_checkpointing  # noqa: E402
+from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensorFactory  # noqa: E402
+from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding  # noqa: E402
+
+from converters.hf_writer import check_folder, read_json, weight_map  # noqa: E402
+from converters.megatron_model import local_provider  # noqa: E402
+from converters.megatron_reader import CheckpointTensors, LayerTensors, locate, read_shape  # noqa: E402
+from lucie_nemo.architecture import LucieShape  # noqa: E402
+from lucie_nemo.distributed import single_process_world  # noqa: E402
+from lucie_nemo.errors import UserError  # noqa: E402
+from lucie_nemo.hf_config import shape_from_hf_config  # noqa: E402
+from lucie_nemo.phases import PRETRAIN  # noqa: E402
+from lucie_nemo.tokenizer import load_tokenizer  # noqa: E402
 
 PROMPTS: dict[str, str] = {
     "fr": "La capitale de la France est Paris. Elle est connue pour",

@@ -6,8 +6,9 @@ tests/test_cpu_support.py checks that each one is still needed (the upstream CUD
 call is still there) and still hits (it is installed and training runs), so a
 version bump that changes them fails in CI instead of in users' hands.
 
-Config-level choices for CPU (local layers, gloo, fp32, no distributed optimizer)
-are in ``adapt_config_for_cpu``.
+Config-level choices for CPU (gloo, fp32, no distributed optimizer) are in
+``adapt_config_for_cpu``. lucie_nemo.model imports this module (for the import hook), never
+the other way round.
 """
 
 from __future__ import annotations
@@ -317,10 +318,8 @@ def activate() -> bool:
 
 
 def adapt_config_for_cpu(cfg) -> None:
-    """Config choices for a CPU run of a recipe (world size 1, gloo, fp32, local layers)."""
-    from lucie_nemo.model import use_local_layers
-
-    use_local_layers(cfg.model, dtype=torch.float32)
+    """Run-config choices for a CPU run of a recipe (world size 1, gloo, fp32); the model's layers are
+    the caller's (``lucie_nemo.model.use_local_layers``: this module stays below lucie_nemo.model)."""
     cfg.mixed_precision = None
     cfg.dist.distributed_backend = "gloo"
     cfg.rng.inference_rng_tracker = True  # the default tracker needs torch.cuda RNG states

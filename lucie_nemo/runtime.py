@@ -14,6 +14,7 @@ _NOISY_LOGGERS = (
     "megatron.bridge.models.gemma.gemma2_provider",
     "megatron.core.utils",
     "megatron.core.models.gpt.gpt_model",
+    "torch.utils.cpp_extension",  # "No CUDA runtime is found" on every CPU machine with a CUDA toolkit
 )
 
 
@@ -30,6 +31,8 @@ def quiet_imports() -> None:
             logger.addFilter(_errors_only)
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|transformer-engine|Apex|APEX|experimental).*")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # megatron-core 0.19 warns about its own default (cuda_graph_modules="full") in every config it finalizes
+    warnings.filterwarnings("ignore", message="full scope is deprecated")
 
 
 def use_prebuilt_dataset_helpers() -> None:

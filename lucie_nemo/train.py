@@ -55,8 +55,9 @@ def train_phase(phase: str, **options) -> None:
     from lucie_nemo.validation import check_layout
 
     cfg = build_phase_config(phase, **options)
-    if not torch.cuda.is_available():
-        cpu_support.adapt_config_for_cpu(cfg)  # here only: a launch from a CPU login node keeps the GPU config
+    if not torch.cuda.is_available():  # here only: a launch from a CPU login node keeps the GPU config
+        use_local_layers(cfg.model, dtype=torch.float32)
+        cpu_support.adapt_config_for_cpu(cfg)
     elif not cpu_support.transformer_engine_installed():
         use_local_layers(cfg.model, dtype=torch.bfloat16)  # a GPU environment without Transformer Engine
     check_layout(cfg, int(os.environ.get("WORLD_SIZE", "1")))

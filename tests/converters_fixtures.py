@@ -44,7 +44,6 @@ def hf_state(folder: Path) -> dict[str, torch.Tensor]:
 
 def write_random_hf(folder: Path, seed: int = 0) -> Path:
     """A random Lucie-shaped LlamaForCausalLM (bf16, norms away from 1) with the real tokenizer."""
-    import converters  # noqa: F401  (prepares the Megatron runtime)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from lucie_nemo.hf_config import hf_config

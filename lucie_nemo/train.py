@@ -51,6 +51,7 @@ def train_phase(phase: str, **options) -> None:
     import torch
 
     from lucie_nemo import cpu_support
+    from lucie_nemo.checkpoint_load import use_checked_loads
     from lucie_nemo.model import use_local_layers
     from lucie_nemo.validation import check_layout
 
@@ -60,6 +61,7 @@ def train_phase(phase: str, **options) -> None:
         cpu_support.adapt_config_for_cpu(cfg)
     elif not cpu_support.transformer_engine_installed():
         use_local_layers(cfg.model, dtype=torch.bfloat16)  # a GPU environment without Transformer Engine
+    use_checked_loads(cfg)  # a failed load ends the run with an error, never with status 0
     check_layout(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     _single_process_defaults()
     pretrain(cfg, forward_step)

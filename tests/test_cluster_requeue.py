@@ -119,3 +119,13 @@ def test_cancelled_job_is_not_requeued(tmp_path):
     assert process.returncode == 1
     assert "cancelled or out of time" in output
     assert job.requeues() == 0
+
+
+def test_failed_checkpoint_load_counts_as_a_failed_attempt(tmp_path):
+    """`lucie train` exits 2 with an error line when its checkpoint cannot be loaded; nothing new is saved."""
+    job = FakeJob(tmp_path, max_retries=1)
+    job.attempt(reaches=40)
+    results = [job.attempt(reaches=None, exit_code=2) for _ in range(2)]
+    assert [r.returncode for r in results] == [3, 1]
+    assert job.failures.read_text().strip() == "2"
+    assert "giving up: 2 attempts in a row without a new checkpoint (last exit code 2)" in results[-1].stdout

@@ -15,12 +15,12 @@ from converters.hf_writer import DEFAULT_SHARD_SIZE, check_folder, parse_size, p
 from converters.layout import EMBEDDING, FINAL_NORM, OUTPUT_LAYER, HFTensor, hf_tensors, select
 from converters.megatron_reader import CheckpointInfo, CheckpointTensors, LayerTensors, locate, read_shape
 from converters.model_card import model_card
+from converters.run_progress import run_progress
 from lucie_nemo.staging import staged_folder
 from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import hf_config
 from lucie_nemo.architecture import LucieShape
 from lucie_nemo.phases import PHASES, Phase, get_phase
-from lucie_nemo.schedule import PhaseSchedule
 from lucie_nemo.tokenizer import BOS_ID, EOS_ID, export_tokenizer, load_tokenizer
 
 GENERATION_CONFIG = {"_from_model_config": True, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID}
@@ -145,7 +145,7 @@ def export_checkpoint(
     shape = read_shape(tensors, layers)
     resolved = resolve_phase(info, phase)
     step = resolve_step(info, step)
-    record = PhaseSchedule(resolved).record(step)
+    progress = run_progress(info, resolved, step, shape)
     source = tokenizer_source(info, tokenizer, shape)
     shards = plan_shards(hf_tensors(shape), parse_size(shard_size))
     out = Path(out)
@@ -157,10 +157,11 @@ def export_checkpoint(
             producer.close()
         config = hf_config(resolved, step, shape=shape, norm_eps=info.model_config.get("layernorm_epsilon", 1e-5),
                            init_std=info.model_config.get("init_method_std", 0.009))
+        config |= {"training_steps": progress.cumulative_step, "training_tokens": progress.cumulative_tokens}
         _write_json(staging / "config.json", config)
         _write_json(staging / "generation_config.json", {**GENERATION_CONFIG, "transformers_version": config["transformers_version"]})
         export_tokenizer(source, staging)
-        (staging / "README.md").write_text(model_card(resolved, record, shape), encoding="utf-8")
+        (staging / "README.md").write_text(model_card(resolved, step, shape, progress), encoding="utf-8")
         check_folder(staging)
     return ExportResult(out, resolved, step, resolved.revision(step), shape, sum(map(len, shards)), len(shards))
 

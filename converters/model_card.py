@@ -2,35 +2,44 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import yaml
 
 from lucie_nemo.architecture import LucieShape
 from lucie_nemo.phases import Phase
-from lucie_nemo.schedule import StepRecord
+
+if TYPE_CHECKING:
+    from converters.run_progress import RunProgress
 
 LANGUAGES = ["fr", "en", "de", "es", "it"]
 
 
-def model_card(phase: Phase, record: StepRecord, shape: LucieShape) -> str:
-    """README.md for ``phase`` at ``record.step``; ``training_progress`` counts steps and tokens cumulatively."""
+def model_card(phase: Phase, step: int, shape: LucieShape, progress: RunProgress) -> str:
+    """README.md for ``phase`` at ``step``; ``training_progress`` counts the run's steps and tokens cumulatively,
+    and the text says whether the run is the real Lucie-7B one or a scaled-down / other run."""
     header = {
         "license": "apache-2.0",
         "language": LANGUAGES,
         "pipeline_tag": "text-generation",
-        "tags": ["lucie", "llama", "pretrained"],
+        "tags": ["lucie", "llama", "pretrained"] if progress.lucie_run else ["lucie", "llama", "lucie-recipes"],
         "training_progress": {
-            "num_steps": record.cumulative_step,
-            "num_tokens": record.cumulative_tokens,
+            "num_steps": progress.cumulative_step,
+            "num_tokens": progress.cumulative_tokens,
             "context_length": phase.seq_length,
         },
     }
-    revision = phase.revision(record.step)
+    revision = phase.revision(step)
+    run = ("A checkpoint of the Lucie-7B training run." if progress.lucie_run else
+           "**Not Lucie-7B**: a checkpoint of a scaled-down (demo or test) or otherwise different run of the Lucie "
+           "recipes; its steps and tokens are that run's own.")
     return (
         f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n"
         f"# Lucie ({revision})\n\n"
-        f"Checkpoint of phase `{phase.name}` at step {record.step:,} "
-        f"({record.cumulative_step:,} steps and {record.cumulative_tokens:,} tokens since the start of training), "
-        f"context length {phase.seq_length:,}, RoPE theta {phase.rotary_base:,}.\n\n"
+        f"{run}\n\n"
+        f"Checkpoint of phase `{phase.name}` at step {step:,} "
+        f"({progress.cumulative_step:,} steps and {progress.cumulative_tokens:,} tokens since the start of training, "
+        f"from {progress.source}), context length {phase.seq_length:,}, RoPE theta {phase.rotary_base:,}.\n\n"
         f"Llama architecture: {shape.num_layers} layers, hidden size {shape.hidden_size:,}, "
         f"FFN {shape.ffn_hidden_size:,}, {shape.num_attention_heads} attention heads, "
         f"{shape.num_query_groups} key/value heads, vocabulary {shape.vocab_size:,}; bf16 weights.\n\n"

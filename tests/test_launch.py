@@ -161,7 +161,7 @@ def test_layout_is_validated_before_anything_is_rendered(site_config, tmp_path, 
     [
         (["pretrain", "--cluster", "nowhere"], "unknown cluster 'nowhere'"),
         (["pretrain", "--cluster", "jz", "--walltime", "20h"], "walltime '20h'"),
-        (["pretrain", "--cluster", "jeanzay", "--dry-run"], "set account"),
+        (["pretrain", "--cluster", "jeanzay"], "set account"),  # a submission needs the user's values
         (["phase4", "--cluster", "jz"], "unknown phase 'phase4'"),
         (["pretrain", "--cluster", "local", "--dry-run", "--tiny"], "the local profile has none"),
     ],
@@ -181,3 +181,18 @@ def test_local_tiny_run_trains_and_checkpoints(tmp_path):
     experiments = runs / "jobs" / "experiments" / "lucie-pretrain"
     logs = list(experiments.glob("*/pretrain/nemo_run/*/pretrain/0/combined.log"))
     assert logs and "iteration        3/       3" in logs[0].read_text()
+
+
+def test_dry_run_without_site_config_renders_marked_placeholders_here(tmp_path, monkeypatch, megatron_runtime):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("pretrain", "--cluster", "jeanzay", "--dry-run")
+    [script] = rendered(result, 1)
+    assert Path(result.stdout.strip().splitlines()[-1]).is_relative_to(tmp_path / "lucie-dry-run")
+    header = script.splitlines()[1]
+    assert header.startswith("# lucie: PLACEHOLDER values") and "account = 'abc@h100'" in header
+    assert header in result.stderr  # the same notice on the console
+    assert "#SBATCH --account=abc@h100" in script
+    command = training_command(script)
+    assert option(command, "--output-root") == "/lustre/fsn1/projects/rech/abc/lucie/runs"
+    assert "--data-root" not in command  # the example's data is not here to validate a blend against
+    assert not Path("/lustre/fsn1/projects/rech/abc").exists()

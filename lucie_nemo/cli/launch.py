@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -86,13 +87,17 @@ def launch(
     """Launch PHASE on a cluster profile: validate, then submit (or --dry-run: write the sbatch scripts)."""
     with user_errors():
         from cluster.experiment import dry_run as render, submit
+        from cluster.placeholders import DRY_RUN_FOLDER, mark_scripts, notice, placeholder_values
         from cluster.profiles import load_site
         from lucie_nemo.phases import PHASES, get_phase
 
-        site, profile = load_site(
-            cluster, site_config, account=account, partition=partition, qos=qos, walltime=walltime,
-            gpus_per_node=gpus_per_node, output_root=output_root, data_root=data_root, job_root=job_root,
-        )
+        flags = dict(account=account, partition=partition, qos=qos, walltime=walltime, gpus_per_node=gpus_per_node,
+                     output_root=output_root, data_root=data_root, job_root=job_root)
+        placeholders = placeholder_values(cluster, site_config, flags) if dry_run else {}
+        if placeholders and job_root is None:
+            flags["job_root"] = str(Path.cwd() / DRY_RUN_FOLDER)
+        given = {key: value for key, value in flags.items() if value is not None}
+        site, profile = load_site(cluster, site_config, **(placeholders | given))
         names = list(PHASES) if phase == ALL else [get_phase(phase).name]
         jobs = [
             training_job(site, profile, name, nodes=nodes, precision=precision, tiny=tiny, overrides=overrides or [])
@@ -102,7 +107,11 @@ def launch(
         if dry_run:
             for job in jobs:
                 print(f"# {job.summary}")
-            for path in render(site, profile, jobs, title):
+            paths = render(site, profile, jobs, title)
+            if placeholders:
+                mark_scripts(paths, placeholders)
+                print("\n".join(notice(placeholders)), file=sys.stderr)
+            for path in paths:
                 print(path)
             return
         for job in submit(site, profile, jobs, title):

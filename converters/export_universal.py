@@ -15,6 +15,7 @@ from converters.hf_writer import DEFAULT_SHARD_SIZE, check_folder, parse_size, p
 from converters.layout import HFTensor, hf_tensors, select
 from converters.model_card import model_card
 from converters.universal import UniversalCheckpoint
+from converters.universal_facts import check_run_facts
 from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import hf_config
 from lucie_nemo.schedule import PhaseSchedule
@@ -50,6 +51,7 @@ def export_universal(
     """Write the weights of universal checkpoint ``folder`` as a Hugging Face folder at ``out``."""
     checkpoint = UniversalCheckpoint(folder)
     resolved = checkpoint.phase(phase)
+    check_run_facts(checkpoint, resolved)  # the revision is named after the phase's step
     iteration = checkpoint.info.iteration
     if step is not None and step != iteration:
         raise UserError(f"{folder} is iteration {iteration}, not step {step}: drop --step or pass the right one")

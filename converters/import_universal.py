@@ -14,6 +14,7 @@ import torch
 from converters.import_hf import check_written
 from converters.megatron_model import build_model
 from converters.universal import UniversalCheckpoint
+from converters.universal_facts import check_run_facts
 from lucie_nemo.distributed import single_process_world
 from lucie_nemo.errors import UserError
 from lucie_nemo.model import LucieShape
@@ -36,6 +37,7 @@ def import_universal_weights(folder: str | Path, out: str | Path, phase: str | N
 
     checkpoint = UniversalCheckpoint(folder)
     resolved = checkpoint.phase(phase)
+    check_run_facts(checkpoint, resolved)
     with single_process_world(), staged_folder(out) as staging:
         model = build_model(checkpoint.shape, resolved, torch.bfloat16)
         parameters = dict(model.named_parameters())

@@ -113,6 +113,14 @@ def _edit_args(folder: Path, **changes) -> None:
     torch.save(states, path)
 
 
+def _edit_states(folder: Path, **changes) -> None:
+    path = folder / "mp_rank_00_model_states.pt"
+    states = torch.load(path, weights_only=False)
+    for key, value in changes.items():
+        states[key] = {**states[key], **value} if isinstance(value, dict) else value
+    torch.save(states, path)
+
+
 def _truncate(folder: Path, name: str, state: str) -> None:
     path = folder / "zero" / name / f"{state}.pt"
     entry = torch.load(path, weights_only=True)
@@ -132,6 +140,13 @@ BAD_INPUTS = {
     "another activation": (lambda f: _edit_args(f, swiglu=False), "args.swiglu is False"),
     "another vocabulary": (lambda f: _edit_args(f, padded_vocab_size=50_304), "args.padded_vocab_size is 50304"),
     "layernorm": (lambda f: _edit_args(f, normalization="layernorm"), "args.normalization is 'layernorm'"),
+    "consumed samples": (lambda f: _edit_args(f, consumed_train_samples=1024), "args.consumed_train_samples is 1024, phase 'pretrain' has 768"),
+    "another LR": (lambda f: _edit_args(f, lr=1e-4), "args.lr is 0.0001, phase 'pretrain' has 0.0003"),
+    "another warmup": (lambda f: _edit_args(f, lr_warmup_samples=1_000), "args.lr_warmup_samples is 1000, phase 'pretrain' has 2000000"),
+    "another rampup": (lambda f: _edit_args(f, rampup_batch_size=["128", "64", "10000000"]), "args.rampup_batch_size is ['128'"),
+    "another context length": (lambda f: _edit_args(f, seq_length=2048), "(2048, 500000) is no Lucie phase"),
+    "scheduler position": (lambda f: _edit_states(f, lr_scheduler={"num_steps": 1000}), "lr_scheduler num_steps is 1000, phase 'pretrain' has 768"),
+    "iteration": (lambda f: _edit_states(f, iteration=4), "args.consumed_train_samples is 768, phase 'pretrain' has 1024 after iteration 4"),
     "another RoPE theta": (lambda f: _edit_args(f, rope_theta=10_000), "(4096, 10000) is no Lucie phase"),
 }
 

@@ -14,7 +14,6 @@ import argparse
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -188,11 +187,6 @@ class UniversalCheckpoint:
                 if not (zero / name / f"{state}.pt").is_file():
                     raise UserError(f"{zero / name / state}.pt is missing: the checkpoint is incomplete")
 
-    @cached_property
-    def optimizer_state(self) -> dict[str, Any]:
-        """``zero/optimizer_state.pt``: the optimizer's non-sharded state (``param_groups``, ...)."""
-        return load_pickle(self.folder / ZERO / OPTIMIZER_STATE)
-
     def read(self, name: str, state: str = "fp32") -> torch.Tensor:
         """Full fp32 tensor ``state`` of universal parameter ``name``, its shape checked against ``args``."""
         path = self.folder / ZERO / name / f"{state}.pt"
@@ -206,14 +200,6 @@ class UniversalCheckpoint:
         if tuple(tensor.shape) != expected:
             raise UserError(f"{path} has shape {tuple(tensor.shape)}, the checkpoint's args imply {expected}")
         return tensor
-
-    def read_step(self, name: str) -> int | None:
-        """The per-parameter Adam step (``step.pt``), when the optimizer kept one."""
-        path = self.folder / ZERO / name / "step.pt"
-        if not path.is_file():
-            return None
-        step = load_pickle(path)
-        return int(step.item() if isinstance(step, torch.Tensor) else step)
 
     def _layer_name(self, local: str, layer: int) -> str:
         return f"{layer + 2}.{local}"

@@ -83,21 +83,29 @@ def parameters(shape: LucieShape) -> list[tuple[str, tuple[int, ...]]]:
     return names + [(f"{L + 2}.weight", (h,)), (f"{L + 3}.lm_head.weight", (shape.vocab_size, h))]
 
 
-def _state_file(name: str, tensor: torch.Tensor) -> dict:
-    """The dict ds_to_universal saves for one state of one parameter."""
-    if tensor.dim() == 1:
+def _state_file(name: str, size: tuple[int, ...], state: str, generator: torch.Generator, std: float) -> dict:
+    """The dict ds_to_universal saves for one state of one parameter, its tensor drawn in place."""
+    rows = size[0] + (128 if name.endswith(("word_embeddings.weight", "lm_head.weight")) else 0)
+    storage = torch.zeros((rows, *size[1:]))  # vocabulary tensors: ds_to_universal's cut of the padding is a view
+    tensor = storage[: size[0]]
+    if state == "fp32":
+        tensor.normal_(1.0, 0.2, generator=generator) if len(size) == 1 else tensor.normal_(0.0, std, generator=generator)
+    elif state == "exp_avg":
+        tensor.normal_(0.0, 1e-3, generator=generator)
+    else:
+        tensor.uniform_(1e-8, 1e-6, generator=generator)
+    if len(size) == 1:
         return {"param": tensor}  # norms are TP-replicated: no cat_dim
-    entry: dict = {"cat_dim": 1 if name.endswith(ROW_PARALLEL) else 0}
+    entry: dict = {"cat_dim": 1 if name.endswith(ROW_PARALLEL) else 0, "param": tensor}
     if name.endswith("mlp.dense_h_to_4h.weight"):
         entry["param_n_sub_params"] = 2
-    if name.endswith(("word_embeddings.weight", "lm_head.weight")):
-        padded = torch.cat([tensor, torch.zeros(128, tensor.shape[1])])  # ds_to_universal's cut of the padding is a view
-        return {**entry, "vocab_tensor": True, "param": padded[: tensor.shape[0]]}
-    return {**entry, "param": tensor}
+    if rows > size[0]:
+        entry["vocab_tensor"] = True
+    return entry
 
 
 def write_universal(out: Path, shape: LucieShape, iteration: int, phase: Phase = PRETRAIN, seed: int = 0,
-                    std: float = 0.05, step_files: bool = False) -> Path:
+                    std: float = 0.05) -> Path:
     """A universal checkpoint of ``shape`` at ``iteration`` of ``phase``, with random weights and Adam moments."""
     schedule = PhaseSchedule(phase)
     consumed = schedule.consumed_samples(iteration)
@@ -108,15 +116,8 @@ def write_universal(out: Path, shape: LucieShape, iteration: int, phase: Phase =
     for name, size in names:
         folder = zero / name
         folder.mkdir(parents=True)
-        norm = len(size) == 1
-        fp32 = 1 + 0.2 * torch.randn(size, generator=generator) if norm else std * torch.randn(size, generator=generator)
-        exp_avg = 1e-3 * torch.randn(size, generator=generator)
-        exp_avg_sq = 1e-6 * torch.rand(size, generator=generator) + 1e-8
-        for state, tensor in (("fp32", fp32), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
-            torch.save(_state_file(name, tensor), folder / f"{state}.pt")
-        if step_files:
-            torch.save(torch.tensor(float(iteration)), folder / "step.pt")
-        del fp32, exp_avg, exp_avg_sq
+        for state in ("fp32", "exp_avg", "exp_avg_sq"):  # one tensor in memory at a time
+            torch.save(_state_file(name, size, state, generator, std), folder / f"{state}.pt")
     group = {"betas": (phase.optimizer.adam_beta1, phase.optimizer.adam_beta2), "eps": phase.optimizer.adam_eps,
              "bias_correction": True, "amsgrad": False, "adam_w_mode": True, "lr": schedule.lr(iteration),
              "step": iteration}

@@ -12,6 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from converters_fixtures import SHARED_TOKENIZER, hf_state, tiny_shape
+from test_export import read_global
 from universal_fixture import tiny_universal
 
 ITERATION = 3
@@ -165,3 +166,27 @@ def test_bad_universal_checkpoints_are_one_error_line_and_nothing_written(univer
         assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (command[0], result.output)
         assert message in lines[0], lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step3"]  # no output, no staging folder left
+
+
+def test_import_from_a_hub_revision_downloads_it_first(universal, tmp_path, monkeypatch):
+    from fake_hub import FakeHub
+
+    files = {str(path.relative_to(universal)): path.read_bytes() for path in universal.rglob("*") if path.is_file()}
+    with FakeHub() as hub:
+        hub.seed("OpenLLM-France/Lucie-tiny-optimizer-states", "step0000003", files)
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        app, repo = _app(), "OpenLLM-France/Lucie-tiny-optimizer-states"
+        missing = CliRunner().invoke(app, ["import", repo, str(tmp_path / "ckpt"), "--weights-only", "--endpoint", hub.url,
+                                           "--revision", "step0000004"])
+        assert missing.exit_code == 2 and "has no revision 'step0000004'" in missing.output, missing.output
+        result = CliRunner().invoke(app, ["import", repo, str(tmp_path / "ckpt"), "--weights-only", "--endpoint", hub.url,
+                                          "--revision", "step0000003"])
+    assert result.exit_code == 0, result.output
+    assert "iteration 3's weights" in result.output
+    downloaded = [r.path for r in hub.requests if r.method == "GET" and "/resolve/" in r.path]
+    assert len(downloaded) == len(files)  # every file of the branch, once
+    embedding = read_global(tmp_path / "ckpt" / "iter_0000000", ["embedding.word_embeddings.weight"])
+    reference = torch.load(universal / "zero" / "1.word_embeddings.weight" / "fp32.pt", weights_only=True)["param"]
+    assert torch.equal(embedding["embedding.word_embeddings.weight"], reference.bfloat16())

@@ -48,10 +48,19 @@ def import_(
     ckpt: Annotated[Path, typer.Argument(help="New checkpoint folder, for a recipe's pretrained_checkpoint.")],
     phase: Annotated[str | None, typer.Option(help="Phase whose context/RoPE the saved config names (default: from config.json).")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Universal checkpoint: the weights alone.")] = False,
+    revision: Annotated[str | None, typer.Option(help="With a Hub id as source: the branch to download, e.g. step0500000.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co).")] = None,
 ) -> None:
-    """Write a Hugging Face folder as a weights-only torch_dist checkpoint (iter_0000000/) the recipes start from."""
+    """Write a Hugging Face folder as a weights-only torch_dist checkpoint (iter_0000000/) the recipes start from.
+
+    The source may be a Hub id (owner/name) with --revision: it is downloaded into huggingface_hub's cache first.
+    """
     with user_errors():
+        from converters.hub_source import download_revision, is_hub_id
         from converters.universal import is_universal
+
+        if is_hub_id(hf_dir):
+            hf_dir = download_revision(str(hf_dir), revision, endpoint)
 
         if is_universal(hf_dir):
             _import_universal(hf_dir, ckpt, phase, weights_only)

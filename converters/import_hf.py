@@ -86,12 +86,12 @@ def import_hf(hf_dir: str | Path, out: str | Path, phase: str | None = None) -> 
         save_megatron_model([model], staging)
         if (hf_dir / "tokenizer.json").is_file():  # where `lucie export` looks for it (Bridge's own copy re-serializes it)
             export_tokenizer(hf_dir, staging / "iter_0000000" / "tokenizer")
-        _check_written(staging, model, shape)
+        check_written(staging, model, shape)
         count = sum(p.numel() for p in parameters.values())
     return ImportResult(out, shape, resolved, count)
 
 
-def _check_written(folder: Path, model: torch.nn.Module, shape: LucieShape) -> None:
+def check_written(folder: Path, model: torch.nn.Module, shape: LucieShape) -> None:
     """Read the new checkpoint back (as the exporter does) and compare every tensor with the model, bit for bit."""
     tensors = CheckpointTensors(locate(folder))
     layers = LayerTensors(tensors)

@@ -1,5 +1,6 @@
 """A small Hugging Face Hub in a thread: the HTTP endpoints huggingface_hub 1.x calls to create a model
-repository and a branch, read a revision and commit files through basic Git LFS, with state in memory.
+repository and a branch, read a revision, download its files and commit files through basic Git LFS, with state
+in memory.
 
 It speaks Git LFS, not Xet storage: run the client with ``HF_HUB_DISABLE_XET=1`` (huggingface_hub reads it
 when imported). Requests need ``Authorization: Bearer TOKEN``; the token may write to ``namespaces`` only.
@@ -69,8 +70,9 @@ class Request:
 @dataclass(frozen=True)
 class Reply:
     status: int
-    body: dict = field(default_factory=dict)
+    body: dict | list = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # a file's content, sent instead of the JSON body
 
 
 class HubError(Exception):
@@ -115,6 +117,15 @@ class FakeHub:
     def files(self, repo_id: str, branch: str) -> dict[str, bytes]:
         return {path: stored.content for path, stored in self.head(repo_id, branch).tree.items()}
 
+    def seed(self, repo_id: str, branch: str, files: dict[str, bytes]) -> Commit:
+        """Put ``files`` on ``branch`` of ``repo_id`` (a public repository, created if needed) in one commit."""
+        repo = self.repos.setdefault(repo_id, Repo(private=False, commits=[], branches={}))
+        tree = {path: StoredFile(content, lfs=len(content) >= LFS_MIN_SIZE) for path, content in files.items()}
+        commit = _new_commit(f"seed {branch}", tree, tuple(files), salt=f"{repo_id}{len(repo.commits)}")
+        repo.commits.append(commit)
+        repo.branches[branch] = commit.oid
+        return commit
+
     # ---------------------------------------------------------------- HTTP
 
     def answer(self, method: str, path: str, headers, body: bytes) -> Reply:
@@ -148,6 +159,9 @@ class FakeHub:
             ("POST", rf"/{REPO}\.git/info/lfs/objects/batch", True, self._lfs_batch),
             ("POST", rf"/{REPO}\.git/info/lfs/objects/verify", True, self._lfs_verify),
             ("PUT", r"/lfs-storage/(?P<oid>[0-9a-f]{64})", False, self._lfs_store),  # a presigned URL: no token
+            ("GET", rf"/api/models/{REPO}/tree/(?P<revision>[^/]+)(?:/(?P<path>.+))?", True, self._tree),
+            ("HEAD", rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", False, self._resolve),
+            ("GET", rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", False, self._resolve),
         ]
 
     def _check_token(self, authorization: str | None) -> None:
@@ -195,6 +209,22 @@ class FakeHub:
         commit = self._commit_of(stored, revision)
         siblings = [{"rfilename": path} for path in sorted(commit.tree)]
         return Reply(200, {"id": repo, "sha": commit.oid, "private": stored.private, "siblings": siblings})
+
+    def _tree(self, repo: str, revision: str, body: bytes, path: str = "") -> Reply:
+        """Every file of a revision under ``path`` (recursive, one page)."""
+        commit = self._commit_of(self._repo(repo), revision)
+        prefix = f"{path.rstrip('/')}/" if path else ""
+        entries = [{"type": "file", "path": name, "size": len(stored.content), "oid": stored.oid}
+                   for name, stored in sorted(commit.tree.items()) if name.startswith(prefix)]
+        return Reply(200, entries)
+
+    def _resolve(self, repo: str, revision: str, path: str, body: bytes) -> Reply:
+        """A file of a revision (public download), with the headers hf_hub_download reads."""
+        commit = self._commit_of(self._repo(repo), revision)
+        if path not in commit.tree:
+            raise HubError(404, f"{path} is not in {repo}@{revision}", "EntryNotFound")
+        stored = commit.tree[path]
+        return Reply(200, headers={"X-Repo-Commit": commit.oid, "ETag": f'"{stored.oid}"'}, raw=stored.content)
 
     def _create_branch(self, repo: str, branch: str, body: bytes) -> Reply:
         stored = self._repo(repo, write=True)
@@ -286,15 +316,17 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             reply = hub.answer(self.command, urlsplit(self.path).path, self.headers, body)
-            payload = json.dumps(reply.body).encode()
+            payload = json.dumps(reply.body).encode() if reply.raw is None else reply.raw
+            content_type = "application/json" if reply.raw is None else "application/octet-stream"
             self.send_response(reply.status)
-            for name, value in {"Content-Type": "application/json", **reply.headers}.items():
+            for name, value in {"Content-Type": content_type, **reply.headers}.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            if self.command != "HEAD":
+                self.wfile.write(payload)
 
-        do_GET = do_POST = do_PUT = _serve
+        do_GET = do_HEAD = do_POST = do_PUT = _serve
 
         def log_message(self, format, *args) -> None:  # noqa: A002  (quiet test output)
             pass

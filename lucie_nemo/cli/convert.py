@@ -19,7 +19,8 @@ def register(app: typer.Typer) -> None:
 
 
 def export(
-    ckpt: Annotated[Path, typer.Argument(help="Checkpoint root, iter_NNNNNNN folder, or NeMo 2 folder (context/ + weights/).")],
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint root, iter_NNNNNNN folder, NeMo 2 folder (context/ + weights/), "
+                                               "or DeepSpeed universal checkpoint (zero/ + mp_rank_00_model_states.pt).")],
     out: Annotated[Path, typer.Argument(help="New output folder (Hugging Face LlamaForCausalLM).")],
     phase: Annotated[str | None, typer.Option(help="pretrain, extension or anneal (read from the checkpoint when it can tell).")] = None,
     step: Annotated[int | None, typer.Option(help="Step in the phase (read from the checkpoint when it says it).")] = None,
@@ -29,7 +30,12 @@ def export(
 ) -> None:
     """Write a checkpoint as bf16 safetensors shards with config, generation config, tokenizer and model card."""
     with user_errors():
-        from converters.export import export_checkpoint
+        from converters.universal import is_universal
+
+        if is_universal(ckpt):  # a DeepSpeed universal checkpoint (released optimizer states)
+            from converters.export_universal import export_universal as export_checkpoint
+        else:
+            from converters.export import export_checkpoint
 
         result = export_checkpoint(ckpt, out, phase, step, tokenizer, shard_size, progress)
     print(f"wrote {result.out}: {result.num_tensors} tensors in {result.num_shards} shards, "
@@ -37,16 +43,43 @@ def export(
 
 
 def import_(
-    hf_dir: Annotated[Path, typer.Argument(help="Hugging Face Lucie-shaped folder (a published revision or an export).")],
+    hf_dir: Annotated[Path, typer.Argument(help="Hugging Face Lucie-shaped folder (a published revision or an export), "
+                                                 "or DeepSpeed universal checkpoint (a branch of Lucie-7B-optimizer-states).")],
     ckpt: Annotated[Path, typer.Argument(help="New checkpoint folder, for a recipe's pretrained_checkpoint.")],
     phase: Annotated[str | None, typer.Option(help="Phase whose context/RoPE the saved config names (default: from config.json).")] = None,
+    weights_only: Annotated[bool, typer.Option("--weights-only", help="Universal checkpoint: the weights alone.")] = False,
+    revision: Annotated[str | None, typer.Option(help="With a Hub id as source: the branch to download, e.g. step0500000.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co).")] = None,
 ) -> None:
-    """Write a Hugging Face folder as a weights-only torch_dist checkpoint (iter_0000000/) the recipes start from."""
+    """Write a Hugging Face folder as a weights-only torch_dist checkpoint (iter_0000000/) the recipes start from.
+
+    The source may be a Hub id (owner/name) with --revision: it is downloaded into huggingface_hub's cache first.
+    """
     with user_errors():
+        from converters.hub_source import download_revision, is_hub_id
+        from converters.universal import is_universal
+
+        if is_hub_id(hf_dir):
+            hf_dir = download_revision(str(hf_dir), revision, endpoint)
+
+        if is_universal(hf_dir):
+            _import_universal(hf_dir, ckpt, phase, weights_only)
+            return
         from converters.import_hf import import_hf
 
         result = import_hf(hf_dir, ckpt, phase)
     print(f"wrote {result.out}: {result.num_parameters:,} parameters, use it as checkpoint.pretrained_checkpoint")
+
+
+def _import_universal(folder: Path, ckpt: Path, phase: str | None, weights_only: bool) -> None:
+    from converters.import_universal import import_universal_weights
+    from lucie_nemo.errors import UserError
+
+    if not weights_only:
+        raise UserError(f"{folder} is a universal checkpoint: pass --weights-only (importing its optimizer state is not supported yet)")
+    result = import_universal_weights(folder, ckpt, phase)
+    print(f"wrote {result.out}: {result.num_parameters:,} parameters (iteration {result.iteration}'s weights), "
+          "use it as checkpoint.pretrained_checkpoint")
 
 
 def verify(

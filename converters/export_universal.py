@@ -1,0 +1,74 @@
+"""DeepSpeed universal checkpoint -> Hugging Face LlamaForCausalLM folder: bf16 of ``fp32.pt``, streamed.
+
+The weights are those the fork's ``universal_to_hf_llama.py`` writes (bf16 of each ``fp32.pt``, K/V split per
+key-value head); the config, generation config, tokenizer and model card are those of ``lucie export``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from converters.export import GENERATION_CONFIG, ExportResult, _write_json
+from converters.hf_writer import DEFAULT_SHARD_SIZE, check_folder, parse_size, plan_shards, write_shards
+from converters.layout import HFTensor, hf_tensors, select
+from converters.model_card import model_card
+from converters.universal import UniversalCheckpoint
+from converters.universal_facts import check_run_facts
+from lucie_nemo.errors import UserError
+from lucie_nemo.hf_config import hf_config
+from lucie_nemo.schedule import PhaseSchedule
+from lucie_nemo.staging import staged_folder
+from lucie_nemo.tokenizer import export_tokenizer, load_tokenizer
+
+
+class _UniversalProducer:
+    """Each Hugging Face tensor cut out of its re-packed source tensor (q/k/v from one QKV, gate/up from one fc1);
+    only the current source tensor is held."""
+
+    def __init__(self, checkpoint: UniversalCheckpoint):
+        self.checkpoint = checkpoint
+        self._current: tuple[tuple[str, int | None], torch.Tensor] | None = None
+
+    def __call__(self, item: HFTensor) -> torch.Tensor:
+        key = (item.source, item.layer)
+        if self._current is None or self._current[0] != key:
+            self._current = None
+            self._current = key, self.checkpoint.megatron(item.source, item.layer)
+        return select(self._current[1], item, self.checkpoint.shape)
+
+
+def export_universal(
+    folder: str | Path,
+    out: str | Path,
+    phase: str | None = None,
+    step: int | None = None,
+    tokenizer: str | None = None,
+    shard_size: str = DEFAULT_SHARD_SIZE,
+    progress: bool = True,
+) -> ExportResult:
+    """Write the weights of universal checkpoint ``folder`` as a Hugging Face folder at ``out``."""
+    checkpoint = UniversalCheckpoint(folder)
+    resolved = checkpoint.phase(phase)
+    check_run_facts(checkpoint, resolved)  # the revision is named after the phase's step
+    iteration = checkpoint.info.iteration
+    if step is not None and step != iteration:
+        raise UserError(f"{folder} is iteration {iteration}, not step {step}: drop --step or pass the right one")
+    if tokenizer is None:
+        raise UserError(f"{folder} ships no tokenizer (a universal checkpoint has none): pass --tokenizer FOLDER_OR_HUB_ID")
+    size = load_tokenizer(tokenizer).get_vocab_size(with_added_tokens=True)
+    if size > checkpoint.shape.vocab_size:
+        raise UserError(f"tokenizer {tokenizer} has {size} entries, the model's vocabulary {checkpoint.shape.vocab_size}")
+    shape = checkpoint.shape
+    shards = plan_shards(hf_tensors(shape), parse_size(shard_size))
+    with staged_folder(out) as staging:
+        write_shards(staging, shards, _UniversalProducer(checkpoint), progress)
+        config = hf_config(resolved, iteration, shape=shape, norm_eps=checkpoint.arg("layernorm_epsilon"),
+                           init_std=getattr(checkpoint.info.args, "init_method_std", 0.009))
+        _write_json(staging / "config.json", config)
+        _write_json(staging / "generation_config.json", {**GENERATION_CONFIG, "transformers_version": config["transformers_version"]})
+        export_tokenizer(tokenizer, staging)
+        (staging / "README.md").write_text(model_card(resolved, PhaseSchedule(resolved).record(iteration), shape), encoding="utf-8")
+        check_folder(staging)
+    return ExportResult(Path(out), resolved, iteration, resolved.revision(iteration), shape, sum(map(len, shards)), len(shards))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from megatron.core.distributed import DistributedDataParallelConfig
 from megatron.core.optimizer import OptimizerConfig
@@ -29,8 +29,12 @@ from megatron.bridge.training.config import (
 from lucie_nemo.errors import UserError
 from lucie_nemo.model import LucieModelProvider, lucie_7b
 from lucie_nemo.phases import ParallelLayout, Phase
+from lucie_nemo.plan import original_recompute
 from lucie_nemo.schedule import PhaseSchedule
 from lucie_nemo.training import SampleSchedule, SampleScheduledConfigContainer
+
+if TYPE_CHECKING:
+    from lucie_nemo.plan import LayoutChoice, Leg
 
 Precision = Literal["bf16", "fp8"]
 
@@ -68,12 +72,8 @@ class RunPaths:
         return self.output_dir / "tensorboard"
 
 
-def _recompute(provider: LucieModelProvider, seq_length: int, micro_batch_size: int) -> None:
-    """Activation recompute chosen for 80 GB H100s. At 4,096 x mbs 2 with TP4 + sequence
-    parallel and flash attention, a stage's activations (8 layers, <= 4 micro-batches in
-    flight) take ~10 GB: no recompute. At 32,000 x mbs 4 they would take ~140 GB, so keep
-    only each layer's input (full, uniform, 1 layer) and recompute the rest."""
-    if seq_length * micro_batch_size > 4_096 * 2:
+def _recompute(provider: LucieModelProvider, setting: str) -> None:
+    if setting == "full":
         provider.recompute_granularity = "full"
         provider.recompute_method = "uniform"
         provider.recompute_num_layers = 1
@@ -109,8 +109,11 @@ def build_config(
     model: LucieModelProvider | None = None,
     precision: Precision = "bf16",
     fp8_bf16_first_last_layers: bool = True,
+    micro_batch_size: int | None = None,
+    recompute: str | None = None,
 ) -> SampleScheduledConfigContainer:
-    """A full Megatron-Bridge training config for ``phase`` on ``layout``."""
+    """A full Megatron-Bridge training config for ``phase`` on ``layout`` (micro-batch and recompute:
+    the phase's original ones unless given)."""
     if precision not in PRECISION_PRESETS:
         raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISION_PRESETS)}")
     provider = model or lucie_7b(phase)
@@ -120,7 +123,8 @@ def build_config(
     provider.pipeline_model_parallel_size = layout.pipeline_parallel
     provider.context_parallel_size = layout.context_parallel
     provider.sequence_parallel = layout.tensor_parallel > 1
-    _recompute(provider, phase.seq_length, phase.micro_batch_size)
+    micro_batch_size = micro_batch_size or phase.micro_batch_size
+    _recompute(provider, recompute or original_recompute(phase.seq_length, micro_batch_size))
 
     schedule = PhaseSchedule(phase)
     rampup = phase.rampup
@@ -139,7 +143,7 @@ def build_config(
         train=TrainingConfig(
             train_iters=schedule.train_iters,
             global_batch_size=phase.global_batch_size,
-            micro_batch_size=phase.micro_batch_size,
+            micro_batch_size=micro_batch_size,
             rampup_batch_size=[rampup.start, rampup.increment, rampup.samples] if rampup else None,
             manual_gc=True,
             manual_gc_interval=100,
@@ -212,12 +216,14 @@ def phase_recipe(
     blend_file: str | os.PathLike | None = None,
     initial_checkpoint: str | None = None,
     model: LucieModelProvider | None = None,
+    layout: "LayoutChoice | None" = None,
 ) -> SampleScheduledConfigContainer:
     """The base Lucie-7B recipe applied to ``phase``: the phase's original layout on ``nodes``
     nodes, outputs under ``output_root/<phase>``, the phase's blend (``blend_file`` for another) of
     datasets under ``data_root`` (mock data without one), and, for phases 2 and 3, the weights of the
     previous phase's last checkpoint (``output_root/<previous>/checkpoints``) unless
-    ``initial_checkpoint`` names another (a torch_dist checkpoint or a Hugging Face folder)."""
+    ``initial_checkpoint`` names another (a torch_dist checkpoint or a Hugging Face folder).
+    ``layout`` (from lucie_nemo.plan) replaces the original TP/PP/CP, micro-batch and recompute."""
     root = Path(output_root)
     if phase.starts_from and initial_checkpoint is None:
         initial_checkpoint = str(RunPaths(root / phase.starts_from).checkpoints)
@@ -227,4 +233,24 @@ def phase_recipe(
         blend_file=Path(blend_file) if blend_file is not None else None,
         initial_checkpoint=initial_checkpoint,
     )
-    return build_config(phase, original_layout(phase, nodes, gpus_per_node), paths, model=model, precision=precision)
+    parallel = original_layout(phase, nodes, gpus_per_node)
+    if layout is None:
+        return build_config(phase, parallel, paths, model=model, precision=precision)
+    parallel = replace(parallel, tensor_parallel=layout.tensor_parallel, pipeline_parallel=layout.pipeline_parallel,
+                       context_parallel=layout.context_parallel)
+    return build_config(phase, parallel, paths, model=model, precision=precision,
+                        micro_batch_size=layout.micro_batch_size, recompute=layout.recompute)
+
+
+def leg_recipe(phase: Phase, leg: "Leg", **options) -> tuple[SampleScheduledConfigContainer, list[int]]:
+    """The recipe of one leg of a plan (lucie_nemo.plan), and the global batches its steps use.
+
+    Every leg keeps the whole phase's config (iterations, rampup, data), so that the data order and
+    the LR are those of a single run; a leg that ends before the phase saves and exits at its last
+    step (``train.exit_interval``), and the next leg resumes from that checkpoint in its own layout."""
+    from lucie_nemo.plan import batch_sizes_from
+
+    cfg = phase_recipe(phase, layout=leg.candidate.choice, **options)
+    if leg.to_step < cfg.train.train_iters:
+        cfg.train.exit_interval = leg.to_step
+    return cfg, batch_sizes_from(phase, leg.from_step)

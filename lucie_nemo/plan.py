@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 from dataclasses import dataclass
 
 from lucie_nemo.architecture import LUCIE_7B, LucieShape
@@ -255,3 +256,49 @@ def _original(phase: Phase, nodes: int, gpus_per_node: int, precision: str, hard
     dp, memory, throughput = evaluate(phase, choice, world, gpus_per_node, precision, hardware)
     start = _valid_from_step(phase, dp, phase.micro_batch_size) or 0
     return Candidate(choice, dp, memory, throughput, start, memory.total_gib <= hardware.usable_gib)
+
+
+LAYOUT_SPECS = "fast, original, or TPxPPxCP (e.g. TP1xPP1xCP1)"
+_SPLIT = re.compile(r"^TP(\d+)xPP(\d+)xCP(\d+)$", re.IGNORECASE)
+
+
+def layout_legs(phase: Phase, spec: str, nodes: int, gpus_per_node: int, precision: str = "bf16",
+                hardware: Hardware = Hardware()) -> tuple[Leg, ...]:
+    """The legs a ``--layout`` runs: ``fast`` the plan's (two for phase 1 when the rampup forbids the
+    fastest layout), ``original`` the phase's original split and micro-batch, ``TPxPPxCP`` that split
+    with the micro-batch and recompute the plan finds best for it (it must run every step)."""
+    end = PhaseSchedule(phase).train_iters
+    if spec == "fast":
+        return make_plan(phase, nodes, gpus_per_node, precision, hardware).legs
+    if spec == "original":
+        original = _original(phase, nodes, gpus_per_node, precision, hardware)
+        if original is None:
+            layout = phase.original_layout
+            raise UserError(f"world size {nodes * gpus_per_node} is not divisible by TP x PP x CP = "
+                            f"{layout.tensor_parallel} x {layout.pipeline_parallel} x 1 (the original layout): "
+                            "change --nodes or --layout")
+        return (Leg("all", 1, end, original),)
+    match = _SPLIT.match(spec)
+    if not match:
+        raise UserError(f"--layout {spec!r} is not one of {LAYOUT_SPECS}")
+    tp, pp, cp = (int(value) for value in match.groups())
+    found = [c for c in candidates(phase, nodes, gpus_per_node, precision, hardware)
+             if (c.choice.tensor_parallel, c.choice.pipeline_parallel, c.choice.context_parallel) == (tp, pp, cp)]
+    whole = [c for c in found if c.valid_from_step == 1]
+    if not whole:
+        why = ("it cannot run the batch rampup's batches (use --layout fast: two legs)" if found else
+               "it breaks the layout rules on this allocation (see `lucie plan`)")
+        raise UserError(f"--layout {spec}: {why}")
+    return (Leg("all", 1, end, whole[0]),)
+
+
+def select_leg(legs: tuple[Leg, ...], name: str | None) -> Leg:
+    """The leg called ``name`` (may be omitted when there is only one)."""
+    if name is None and len(legs) == 1:
+        return legs[0]
+    for leg in legs:
+        if leg.name == name:
+            return leg
+    names = ", ".join(leg.name for leg in legs)
+    given = "no --leg" if name is None else f"--leg {name!r}"
+    raise UserError(f"{given}: this layout runs the phase in the legs {names}: pass --leg with one of them")

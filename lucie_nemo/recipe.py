@@ -214,6 +214,9 @@ def build_config(
             pretrained_checkpoint=paths.initial_checkpoint,
             ckpt_format="torch_dist",
             fully_parallel_save=True,
+            # The distributed optimizer's state saved per parameter, independent of TP/PP/DP: a checkpoint
+            # of one layout loads in another (a plan's second leg, another allocation).
+            dist_ckpt_optim_fully_reshardable=True,
             most_recent_k=-1,
         ),
         rng=RNGConfig(seed=phase.seed),

@@ -222,3 +222,30 @@ def test_memory_estimate_recompute_and_pipeline_in_flight():
 def test_anneal_has_no_rampup_leg():
     plan = make_plan(ANNEAL, 32, 4)
     assert [(leg.from_step, leg.to_step) for leg in plan.legs] == [(1, 1_220)]
+
+
+def test_layout_option_resolves_to_legs(megatron_runtime):
+    from lucie_nemo.errors import UserError
+    from lucie_nemo.plan import layout_legs
+    from lucie_nemo.train import build_leg_config
+
+    assert [leg.name for leg in layout_legs(PRETRAIN, "fast", 128, 4)] == ["rampup", "main"]
+    [original] = layout_legs(PRETRAIN, "original", 128, 4)
+    assert (original.candidate.choice.tensor_parallel, original.candidate.choice.pipeline_parallel) == (4, 4)
+    [explicit] = layout_legs(PRETRAIN, "TP2xPP4xCP1", 128, 4)
+    assert (explicit.from_step, explicit.to_step, explicit.candidate.data_parallel) == (1, 753_851, 64)
+    with pytest.raises(UserError, match="--layout TP1xPP1xCP1: it cannot run the batch rampup's batches"):
+        layout_legs(PRETRAIN, "TP1xPP1xCP1", 128, 4)
+    with pytest.raises(UserError, match="--layout 'TP1PP1' is not one of fast, original, or TPxPPxCP"):
+        layout_legs(PRETRAIN, "TP1PP1", 128, 4)
+    with pytest.raises(UserError, match="no --leg: this layout runs the phase in the legs rampup, main"):
+        build_leg_config("pretrain", nodes=128, gpus_per_node=4)
+    rampup, rampup_batches = build_leg_config("pretrain", nodes=128, gpus_per_node=4, leg="rampup")
+    main, main_batches = build_leg_config("pretrain", nodes=128, gpus_per_node=4, leg="main")
+    assert (rampup.train.exit_interval, main.train.exit_interval) == (19_336, None)
+    assert rampup_batches == list(range(256, 1_024, 64)) + [1_024] and main_batches == [1_024]
+    # Both legs keep the whole phase: same iterations, rampup, data and checkpoint folder (one run, resharded).
+    assert rampup.train.train_iters == main.train.train_iters == 753_851
+    assert rampup.train.rampup_batch_size == main.train.rampup_batch_size == [256, 64, 10_000_000]
+    assert rampup.checkpoint.save == main.checkpoint.load and main.checkpoint.dist_ckpt_optim_fully_reshardable
+    assert (main.model.tensor_model_parallel_size, main.train.micro_batch_size) == (1, 2)

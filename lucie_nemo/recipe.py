@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from megatron.core.distributed import DistributedDataParallelConfig
 from megatron.core.optimizer import OptimizerConfig
@@ -29,8 +29,12 @@ from megatron.bridge.training.config import (
 from lucie_nemo.errors import UserError
 from lucie_nemo.model import LucieModelProvider, lucie_7b
 from lucie_nemo.phases import ParallelLayout, Phase
+from lucie_nemo.plan import original_recompute
 from lucie_nemo.schedule import PhaseSchedule
 from lucie_nemo.training import SampleSchedule, SampleScheduledConfigContainer
+
+if TYPE_CHECKING:
+    from lucie_nemo.plan import LayoutChoice, Leg
 
 Precision = Literal["bf16", "fp8"]
 
@@ -41,6 +45,19 @@ Precision = Literal["bf16", "fp8"]
 PRECISION_PRESETS: dict[str, str] = {
     "bf16": "bf16_mixed",
     "fp8": "bf16_with_fp8_current_scaling_mixed",
+}
+
+
+# Process settings of NVIDIA's H100 Llama-3-8B recipes (perf_recipes/llama/h100/llama3.py); Megatron-Bridge
+# sets them (unless already set) before it initialises. Left out: NCCL_NVLS_ENABLE and
+# NCCL_GRAPH_REGISTER (tuned to DGX H100 NVSwitch systems), cuDNN LayerNorm switches (an FP8 benchmark choice).
+TUNED_ENVIRONMENT: dict[str, str] = {
+    "CUDA_DEVICE_MAX_CONNECTIONS": "1",  # order TP/SP communication before compute kernels
+    "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
+    "TORCH_NCCL_HIGH_PRIORITY": "1",
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",  # less fragmentation
+    "NVTE_FWD_LAYERNORM_SM_MARGIN": "20",  # leave SMs to overlapped communication
+    "NVTE_BWD_LAYERNORM_SM_MARGIN": "20",
 }
 
 
@@ -68,12 +85,8 @@ class RunPaths:
         return self.output_dir / "tensorboard"
 
 
-def _recompute(provider: LucieModelProvider, seq_length: int, micro_batch_size: int) -> None:
-    """Activation recompute chosen for 80 GB H100s. At 4,096 x mbs 2 with TP4 + sequence
-    parallel and flash attention, a stage's activations (8 layers, <= 4 micro-batches in
-    flight) take ~10 GB: no recompute. At 32,000 x mbs 4 they would take ~140 GB, so keep
-    only each layer's input (full, uniform, 1 layer) and recompute the rest."""
-    if seq_length * micro_batch_size > 4_096 * 2:
+def _recompute(provider: LucieModelProvider, setting: str) -> None:
+    if setting == "full":
         provider.recompute_granularity = "full"
         provider.recompute_method = "uniform"
         provider.recompute_num_layers = 1
@@ -109,8 +122,11 @@ def build_config(
     model: LucieModelProvider | None = None,
     precision: Precision = "bf16",
     fp8_bf16_first_last_layers: bool = True,
+    micro_batch_size: int | None = None,
+    recompute: str | None = None,
 ) -> SampleScheduledConfigContainer:
-    """A full Megatron-Bridge training config for ``phase`` on ``layout``."""
+    """A full Megatron-Bridge training config for ``phase`` on ``layout`` (micro-batch and recompute:
+    the phase's original ones unless given)."""
     if precision not in PRECISION_PRESETS:
         raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISION_PRESETS)}")
     provider = model or lucie_7b(phase)
@@ -120,7 +136,11 @@ def build_config(
     provider.pipeline_model_parallel_size = layout.pipeline_parallel
     provider.context_parallel_size = layout.context_parallel
     provider.sequence_parallel = layout.tensor_parallel > 1
-    _recompute(provider, phase.seq_length, phase.micro_batch_size)
+    # NVIDIA's Llama-3-8B recipe (recipes/llama/h100/llama3.py) fuses the cross-entropy; with Megatron's
+    # own kernel: megatron-core warns that the Transformer Engine one ("te") has known stability issues.
+    provider.cross_entropy_loss_fusion = True
+    micro_batch_size = micro_batch_size or phase.micro_batch_size
+    _recompute(provider, recompute or original_recompute(phase.seq_length, micro_batch_size))
 
     schedule = PhaseSchedule(phase)
     rampup = phase.rampup
@@ -139,9 +159,9 @@ def build_config(
         train=TrainingConfig(
             train_iters=schedule.train_iters,
             global_batch_size=phase.global_batch_size,
-            micro_batch_size=phase.micro_batch_size,
+            micro_batch_size=micro_batch_size,
             rampup_batch_size=[rampup.start, rampup.increment, rampup.samples] if rampup else None,
-            manual_gc=True,
+            manual_gc=True,  # NVIDIA's recipes: collect garbage every 100 steps on all ranks at once
             manual_gc_interval=100,
             exit_signal_handler=True,
         ),
@@ -172,11 +192,12 @@ def build_config(
         ),
         ddp=DistributedDataParallelConfig(
             use_distributed_optimizer=True,
-            grad_reduce_in_fp32=True,
+            grad_reduce_in_fp32=True,  # as NVIDIA's pre-training recipe (its benchmarks reduce in bf16: left out)
             overlap_grad_reduce=True,
             overlap_param_gather=True,
             average_in_collective=True,
-            check_for_nan_in_grad=True,
+            check_for_nan_in_grad=True,  # NVIDIA's benchmarks turn it off; a 750k-step run keeps it
+            bucket_size=128 * 1024 * 1024,  # Megatron-Bridge's comm-overlap default for DP > 1 (comm_overlap.py)
         ),
         dataset=_dataset(phase, provider, paths),
         logger=LoggerConfig(
@@ -193,11 +214,15 @@ def build_config(
             pretrained_checkpoint=paths.initial_checkpoint,
             ckpt_format="torch_dist",
             fully_parallel_save=True,
+            # The distributed optimizer's state saved per parameter, independent of TP/PP/DP: a checkpoint
+            # of one layout loads in another (a plan's second leg, another allocation).
+            dist_ckpt_optim_fully_reshardable=True,
             most_recent_k=-1,
         ),
         rng=RNGConfig(seed=phase.seed),
         dist=DistributedInitConfig(),
         mixed_precision=mixed_precision,
+        env_vars=dict(TUNED_ENVIRONMENT),
     )
 
 
@@ -212,12 +237,14 @@ def phase_recipe(
     blend_file: str | os.PathLike | None = None,
     initial_checkpoint: str | None = None,
     model: LucieModelProvider | None = None,
+    layout: "LayoutChoice | None" = None,
 ) -> SampleScheduledConfigContainer:
     """The base Lucie-7B recipe applied to ``phase``: the phase's original layout on ``nodes``
     nodes, outputs under ``output_root/<phase>``, the phase's blend (``blend_file`` for another) of
     datasets under ``data_root`` (mock data without one), and, for phases 2 and 3, the weights of the
     previous phase's last checkpoint (``output_root/<previous>/checkpoints``) unless
-    ``initial_checkpoint`` names another (a torch_dist checkpoint or a Hugging Face folder)."""
+    ``initial_checkpoint`` names another (a torch_dist checkpoint or a Hugging Face folder).
+    ``layout`` (from lucie_nemo.plan) replaces the original TP/PP/CP, micro-batch and recompute."""
     root = Path(output_root)
     if phase.starts_from and initial_checkpoint is None:
         initial_checkpoint = str(RunPaths(root / phase.starts_from).checkpoints)
@@ -227,4 +254,24 @@ def phase_recipe(
         blend_file=Path(blend_file) if blend_file is not None else None,
         initial_checkpoint=initial_checkpoint,
     )
-    return build_config(phase, original_layout(phase, nodes, gpus_per_node), paths, model=model, precision=precision)
+    parallel = original_layout(phase, nodes, gpus_per_node)
+    if layout is None:
+        return build_config(phase, parallel, paths, model=model, precision=precision)
+    parallel = replace(parallel, tensor_parallel=layout.tensor_parallel, pipeline_parallel=layout.pipeline_parallel,
+                       context_parallel=layout.context_parallel)
+    return build_config(phase, parallel, paths, model=model, precision=precision,
+                        micro_batch_size=layout.micro_batch_size, recompute=layout.recompute)
+
+
+def leg_recipe(phase: Phase, leg: "Leg", **options) -> tuple[SampleScheduledConfigContainer, list[int]]:
+    """The recipe of one leg of a plan (lucie_nemo.plan), and the global batches its steps use.
+
+    Every leg keeps the whole phase's config (iterations, rampup, data), so that the data order and
+    the LR are those of a single run; a leg that ends before the phase saves and exits at its last
+    step (``train.exit_interval``), and the next leg resumes from that checkpoint in its own layout."""
+    from lucie_nemo.plan import batch_sizes_from
+
+    cfg = phase_recipe(phase, layout=leg.candidate.choice, **options)
+    if leg.to_step < cfg.train.train_iters:
+        cfg.train.exit_interval = leg.to_step
+    return cfg, batch_sizes_from(phase, leg.from_step)

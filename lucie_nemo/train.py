@@ -8,23 +8,34 @@ from collections.abc import Sequence
 from lucie_nemo import runtime
 
 
-def build_phase_config(
+def build_phase_config(phase: str, **options):
+    """The phase recipe with ``key=value`` overrides applied (see build_leg_config)."""
+    return build_leg_config(phase, **options)[0]
+
+
+def build_leg_config(
     phase: str,
     *,
     overrides: Sequence[str] = (),
     tiny: bool = False,
     vocab_size: int | None = None,
+    layout: str = "fast",
+    leg: str | None = None,
     **recipe_options,
 ):
-    """The phase recipe with ``key=value`` overrides applied (Megatron-Bridge's Hydra syntax).
+    """The recipe of ``phase`` in ``layout`` (lucie_nemo.plan.layout_legs; ``leg`` names the leg when
+    there are two) with ``key=value`` overrides applied (Megatron-Bridge's Hydra syntax), and the global
+    batches that leg's steps use.
 
-    ``tiny`` trains the scaled-down phases (lucie_nemo.demo_scale) on a tiny Lucie-shaped model.
+    ``tiny`` trains the scaled-down phases (lucie_nemo.demo_scale) on a tiny Lucie-shaped model, in the
+    demo's own layout.
     """
     from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides
 
     from lucie_nemo.errors import UserError
     from lucie_nemo.phases import get_phase
-    from lucie_nemo.recipe import phase_recipe
+    from lucie_nemo.plan import batch_sizes_from, layout_legs, select_leg
+    from lucie_nemo.recipe import leg_recipe, phase_recipe
 
     selected = get_phase(phase)
     if tiny:
@@ -33,13 +44,19 @@ def build_phase_config(
 
         selected = demo_phase(selected)
         recipe_options.setdefault("model", lucie_tiny(selected, vocab_size or TINY.vocab_size))
-    cfg = phase_recipe(selected, **recipe_options)
+        cfg, batch_sizes = phase_recipe(selected, **recipe_options), batch_sizes_from(selected, 1)
+    else:
+        original = selected.original_layout
+        nodes = recipe_options.get("nodes") or original.nodes
+        gpus_per_node = recipe_options.get("gpus_per_node") or original.gpus_per_node
+        legs = layout_legs(selected, layout, nodes, gpus_per_node, recipe_options.get("precision", "bf16"))
+        cfg, batch_sizes = leg_recipe(selected, select_leg(legs, leg), **recipe_options)
     if overrides:
         try:
             process_config_with_overrides(cfg, cli_overrides=list(overrides))
         except Exception as error:  # Hydra/OmegaConf raise many types; the message says what is wrong
             raise UserError(f"cannot apply overrides {list(overrides)}: {error}") from None
-    return cfg
+    return cfg, batch_sizes
 
 
 def train_phase(phase: str, **options) -> None:
@@ -55,14 +72,14 @@ def train_phase(phase: str, **options) -> None:
     from lucie_nemo.model import use_local_layers
     from lucie_nemo.validation import check_layout
 
-    cfg = build_phase_config(phase, **options)
+    cfg, batch_sizes = build_leg_config(phase, **options)
     if not torch.cuda.is_available():  # here only: a launch from a CPU login node keeps the GPU config
         use_local_layers(cfg.model, dtype=torch.float32)
         cpu_support.adapt_config_for_cpu(cfg)
     elif not cpu_support.transformer_engine_installed():
         use_local_layers(cfg.model, dtype=torch.bfloat16)  # a GPU environment without Transformer Engine
     use_checked_loads(cfg)  # a failed load ends the run with an error, never with status 0
-    check_layout(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    check_layout(cfg, int(os.environ.get("WORLD_SIZE", "1")), batch_sizes)
     _single_process_defaults()
     pretrain(cfg, forward_step)
 

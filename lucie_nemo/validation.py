@@ -20,8 +20,10 @@ def rampup_batch_sizes(cfg) -> list[int]:
     return list(range(start, final, increment)) + [final]
 
 
-def check_layout(cfg, world_size: int) -> None:
-    """Divisibility rules of the parallel layout, each failure naming the field and the fix."""
+def check_layout(cfg, world_size: int, batch_sizes: list[int] | None = None) -> None:
+    """Divisibility rules of the parallel layout, each failure naming the field and the fix.
+    ``batch_sizes``: the global batches the run will use (default: every rampup stage and the final
+    one; a plan's leg that starts after the rampup passes its own)."""
     model = cfg.model
     tp, pp, cp = model.tensor_model_parallel_size, model.pipeline_model_parallel_size, model.context_parallel_size
     if world_size % (tp * pp * cp):
@@ -31,7 +33,7 @@ def check_layout(cfg, world_size: int) -> None:
         )
     dp = world_size // (tp * pp * cp)
     micro = cfg.train.micro_batch_size
-    for batch in rampup_batch_sizes(cfg):
+    for batch in batch_sizes or rampup_batch_sizes(cfg):
         if batch % (micro * dp):
             raise UserError(
                 f"train.global_batch_size: batch {batch} is not divisible by train.micro_batch_size x DP = "
@@ -65,7 +67,8 @@ def _world_size(world_size: int):
             os.environ["WORLD_SIZE"] = previous
 
 
-def validate_config(cfg, world_size: int, *, require_initial_checkpoint: bool = False):
+def validate_config(cfg, world_size: int, *, require_initial_checkpoint: bool = False,
+                    batch_sizes: list[int] | None = None):
     """Our layout checks, then Megatron-Bridge's runtime finalisation and validation on a copy
     (as it would run on ``world_size`` GPUs). Returns the validated copy.
 
@@ -73,7 +76,7 @@ def validate_config(cfg, world_size: int, *, require_initial_checkpoint: bool = 
     phases up front) unless ``require_initial_checkpoint``."""
     from megatron.bridge.training.config import runtime_config_update
 
-    check_layout(cfg, world_size)
+    check_layout(cfg, world_size, batch_sizes)
     candidate = copy.deepcopy(cfg)
     if not cpu_support.transformer_engine_installed():
         # Fusions that only exist in Transformer Engine fail Megatron's checks here; they are

@@ -74,7 +74,7 @@ def test_jeanzay_all_chains_three_phases(site_config, megatron_runtime):
     from lucie_nemo.train import build_phase_config
     from lucie_nemo.validation import validate_config
 
-    result = invoke("all", "--cluster", "jz", "--site-config", str(site_config), "--dry-run")
+    result = invoke("all", "--cluster", "jz", "--site-config", str(site_config), "--dry-run", "--layout", "original")
     pretrain, extension, anneal = rendered(result, 3)
 
     for line in ["#SBATCH --nodes=128", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=1",
@@ -83,7 +83,7 @@ def test_jeanzay_all_chains_three_phases(site_config, megatron_runtime):
                  "#SBATCH --signal=TERM@300", "#SBATCH --kill-on-invalid-dep=yes", "#SBATCH --job-name=lucie-pretrain",
                  "module purge", "module load arch/h100", "module load cuda/12.8.0",
                  "source /lustre/work/lucie-venv/bin/activate", "export NCCL_DEBUG=WARN",
-                 "# lucie: pretrain on 128 nodes x 4 GPUs: TP4 PP4 CP1 DP32, 753851 iterations",
+                 "# lucie: pretrain on 128 nodes x 4 GPUs: TP4 PP4 CP1 DP32, mbs 2, 753851 iterations",
                  "lucie_checkpoints=/lustre/scratch/lucie/runs/pretrain/checkpoints",
                  "lucie_final_iteration=753851", "lucie_max_retries=3", "trap lucie_on_exit EXIT"]:
         assert line in pretrain, line
@@ -103,7 +103,9 @@ def test_jeanzay_all_chains_three_phases(site_config, megatron_runtime):
     assert option(lucie, "--output-root") == "/lustre/scratch/lucie/runs"
     assert lucie[-2:] == ["train.exit_duration_in_mins=1180", "train.exit_signal_handler=true"]  # 20 h - 20 min
     # The command's allocation gives the original layout: TP4 PP4 DP32 on 128 nodes.
-    cfg = build_phase_config("pretrain", nodes=128, gpus_per_node=4, output_root="/lustre/scratch/lucie/runs")
+    assert option(lucie, "--layout") == "original"
+    cfg = build_phase_config("pretrain", nodes=128, gpus_per_node=4, output_root="/lustre/scratch/lucie/runs",
+                             layout="original")
     checked = validate_config(cfg, 128 * 4)
     model = cfg.model
     assert (model.tensor_model_parallel_size, model.pipeline_model_parallel_size, checked.data_parallel_size) == (4, 4, 32)
@@ -112,7 +114,8 @@ def test_jeanzay_all_chains_three_phases(site_config, megatron_runtime):
 
 def test_pyxis_container_and_8_gpus(site_config, megatron_runtime):
     [script] = rendered(invoke("pretrain", "--cluster", "eos", "--site-config", str(site_config), "--dry-run",
-                               "--walltime", "04:00:00", "--precision", "fp8", "train.manual_gc_interval=50"), 1)
+                               "--walltime", "04:00:00", "--precision", "fp8", "--layout", "original",
+                               "train.manual_gc_interval=50"), 1)
     for line in ["#SBATCH --nodes=64", "#SBATCH --gpus-per-node=8", "#SBATCH --exclusive", "#SBATCH --partition=batch",
                  "#SBATCH --time=04:00:00", "# lucie: pretrain on 64 nodes x 8 GPUs: TP4 PP4 CP1 DP32"]:
         assert line in script, line
@@ -138,7 +141,7 @@ def test_submission_chains_phases_afterok(site_config, tmp_path, monkeypatch, me
     sbatch.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{Path('/usr/bin')}:{Path('/bin')}")
 
-    result = invoke("all", "--cluster", "jz", "--site-config", str(site_config), "--nodes", "32")
+    result = invoke("all", "--cluster", "jz", "--site-config", str(site_config), "--nodes", "32", "--layout", "original")
     assert result.exit_code == 0, result.output
     submitted = calls.read_text().splitlines()
     assert [line.split()[-1].rsplit("/", 1)[-1] for line in submitted] == [
@@ -150,7 +153,8 @@ def test_submission_chains_phases_afterok(site_config, tmp_path, monkeypatch, me
 
 
 def test_layout_is_validated_before_anything_is_rendered(site_config, tmp_path, megatron_runtime):
-    result = invoke("pretrain", "--cluster", "jz", "--site-config", str(site_config), "--nodes", "3", "--dry-run")
+    result = invoke("pretrain", "--cluster", "jz", "--site-config", str(site_config), "--nodes", "3", "--dry-run",
+                    "--layout", "original")
     assert result.exit_code == 2
     assert "not divisible by TP x PP x CP" in result.output
     assert not (tmp_path / "jobs").exists()
@@ -170,6 +174,40 @@ def test_bad_input_is_one_clear_error(site_config, args, message, megatron_runti
     result = invoke(*args, "--site-config", str(site_config))
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_fast_layout_runs_phase_1_in_two_chained_legs(site_config, megatron_runtime):
+    """Under --layout fast (the default) on the original 128 x 4 GPUs: a rampup leg that stops at step 19,336
+    in a rampup-compatible layout, then the main leg in the plan's fast layout, afterok on the first, each
+    requeued until its own last step; phases 2 and 3 follow the main leg."""
+    from lucie_nemo.phases import PRETRAIN
+    from lucie_nemo.plan import make_plan
+
+    result = invoke("all", "--cluster", "jz", "--site-config", str(site_config), "--dry-run")
+    rampup, main, extension, anneal = rendered(result, 4)
+    plan_legs = make_plan(PRETRAIN, 128, 4).to_json()["legs"]
+    for script, leg in zip((rampup, main), plan_legs):
+        layout = (f"TP{leg['tensor_parallel']} PP{leg['pipeline_parallel']} CP{leg['context_parallel']} "
+                  f"DP{leg['data_parallel']}, mbs {leg['micro_batch_size']}")
+        assert f"# lucie: pretrain ({leg['leg']} leg, steps {leg['from_step']}-{leg['to_step']}) on 128 nodes x 4 " \
+               f"GPUs: {layout}, 753851 iterations" in script
+        assert f"lucie_final_iteration={leg['to_step']}" in script
+        assert "lucie_checkpoints=/lustre/scratch/lucie/runs/pretrain/checkpoints" in script  # one folder
+        lucie = training_command(script)
+        assert (option(lucie, "--layout"), option(lucie, "--leg")) == ("fast", leg["leg"])
+    assert "#SBATCH --job-name=lucie-pretrain-rampup" in rampup and "--dependency" not in rampup
+    assert "#SBATCH --dependency=afterok:PRETRAIN-MAIN_JOB_ID" in extension
+    assert re.search(r"#SBATCH --dependency=afterok:PRETRAIN-RAMPUP_JOB_ID", main)
+    assert "lucie_final_iteration=1220" in anneal
+    printed = [line for line in result.stdout.splitlines() if line.startswith("# lucie:")]
+    assert printed[0].startswith("# lucie: pretrain (rampup leg, steps 1-19336)")
+    assert printed[1].startswith("# lucie: pretrain (main leg, steps 19337-753851)")
+
+
+def test_fast_layout_that_cannot_exist_is_one_clear_error(site_config, megatron_runtime):
+    result = invoke("pretrain", "--cluster", "jz", "--site-config", str(site_config), "--nodes", "3", "--dry-run")
+    assert result.exit_code == 2
+    assert "no layout of phase 'pretrain' fits 3 x 4 GPUs" in result.output
 
 
 def test_local_tiny_run_trains_and_checkpoints(tmp_path):

@@ -1,5 +1,6 @@
 """`lucie launch`: validate a phase's recipe for an allocation, then submit it through nemo-run
-(Slurm profiles) or run it here (local profile); ``all`` chains pretrain -> extension -> anneal."""
+(Slurm profiles) or run it here (local profile); ``all`` chains pretrain -> extension -> anneal.
+A phase run in two legs (phase 1 under ``--layout fast``) is two chained jobs, like two phases."""
 
 from __future__ import annotations
 
@@ -22,14 +23,16 @@ def _default_nodes(phase, gpus_per_node: int, tiny: bool, slurm: bool) -> int:
     return gpus // gpus_per_node if gpus % gpus_per_node == 0 else phase.original_layout.nodes
 
 
-def training_job(site, profile, phase_name: str, *, nodes: int | None, precision: str, tiny: bool,
-                 overrides: list[str]):
-    """The `lucie train` command of one phase on ``site``, its recipe validated for that allocation."""
+def training_jobs(site, profile, phase_name: str, *, nodes: int | None, precision: str, tiny: bool,
+                  overrides: list[str], layout: str = "fast"):
+    """The `lucie train` command of each leg of one phase on ``site`` (one leg, or the rampup and main
+    legs of phase 1 under ``fast``), each recipe validated for that allocation."""
     from cluster.experiment import TrainingJob
     from cluster.requeue import exit_duration_minutes
     from lucie_nemo import runtime
     from lucie_nemo.phases import get_phase
-    from lucie_nemo.train import build_phase_config
+    from lucie_nemo.plan import layout_legs
+    from lucie_nemo.train import build_leg_config
     from lucie_nemo.validation import validate_config
 
     phase = get_phase(phase_name)
@@ -42,28 +45,40 @@ def training_job(site, profile, phase_name: str, *, nodes: int | None, precision
         generated = [f"train.exit_duration_in_mins={minutes}", "train.exit_signal_handler=true"]
     options = dict(nodes=nodes, gpus_per_node=gpus, precision=precision, output_root=site.output_root,
                    data_root=site.data_root)
+    legs = (None,) if tiny else layout_legs(phase, layout, nodes, gpus, precision)
 
     runtime.prepare()
-    cfg = build_phase_config(phase.name, overrides=generated + overrides, tiny=tiny, **options)
-    checked = validate_config(cfg, nodes * gpus)
-    model = cfg.model
-    layout = (f"TP{model.tensor_model_parallel_size} PP{model.pipeline_model_parallel_size} "
-              f"CP{model.context_parallel_size} DP{checked.data_parallel_size}")
+    jobs = []
+    for leg in legs:
+        leg_option = {"leg": leg.name} if leg is not None and len(legs) > 1 else {}
+        cfg, batch_sizes = build_leg_config(phase.name, overrides=generated + overrides, tiny=tiny, layout=layout,
+                                            **leg_option, **options)
+        checked = validate_config(cfg, nodes * gpus, batch_sizes=batch_sizes)
+        model = cfg.model
+        described = (f"TP{model.tensor_model_parallel_size} PP{model.pipeline_model_parallel_size} "
+                     f"CP{model.context_parallel_size} DP{checked.data_parallel_size}")
+        last = cfg.train.exit_interval or cfg.train.train_iters
 
-    args = ["train", phase.name]
-    for option, value in options.items():
-        if value is not None:
-            args += [f"--{option.replace('_', '-')}", str(value)]
-    args += (["--tiny"] if tiny else []) + generated + overrides
-    return TrainingJob(
-        name=phase.name,
-        nodes=nodes,
-        lucie_args=tuple(args),
-        checkpoints=cfg.checkpoint.save,
-        final_iteration=cfg.train.train_iters,
-        summary=(f"lucie: {phase.name} on {nodes} nodes x {gpus} GPUs: {layout}, "
-                 f"{cfg.train.train_iters} iterations (recipe validated before rendering)"),
-    )
+        args = ["train", phase.name]
+        for option, value in options.items():
+            if value is not None:
+                args += [f"--{option.replace('_', '-')}", str(value)]
+        args += ([] if tiny else ["--layout", layout]) + (["--leg", leg_option["leg"]] if leg_option else [])
+        args += (["--tiny"] if tiny else []) + generated + overrides
+        name, steps = phase.name, ""
+        if leg_option:
+            name, steps = f"{phase.name}-{leg.name}", f" ({leg.name} leg, steps {leg.from_step}-{leg.to_step})"
+        jobs.append(TrainingJob(
+            name=name,
+            nodes=nodes,
+            lucie_args=tuple(args),
+            checkpoints=cfg.checkpoint.save,
+            final_iteration=last,
+            summary=(f"lucie: {phase.name}{steps} on {nodes} nodes x {gpus} GPUs: {described}, "
+                     f"mbs {cfg.train.micro_batch_size}, {cfg.train.train_iters} iterations "
+                     "(recipe validated before rendering)"),
+        ))
+    return jobs
 
 
 def launch(
@@ -73,6 +88,7 @@ def launch(
     site_config: Annotated[Optional[Path], typer.Option(help="Site TOML (default ~/.config/lucie-nemo/clusters.toml)")] = None,
     nodes: Annotated[Optional[int], typer.Option(help="Nodes per phase (default: the phase's original GPU count)")] = None,
     precision: Annotated[str, typer.Option(help="bf16 or fp8")] = "bf16",
+    layout: Annotated[str, typer.Option(help="fast (the plan's legs), original, or TPxPPxCP")] = "fast",
     tiny: Annotated[bool, typer.Option("--tiny", help="Scaled-down phases on a tiny Lucie-shaped model")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Write the sbatch scripts, print their paths, submit nothing")] = False,
     account: Annotated[Optional[str], typer.Option(help="Slurm account (overrides the site config)")] = None,
@@ -100,8 +116,10 @@ def launch(
         site, profile = load_site(cluster, site_config, **(placeholders | given))
         names = list(PHASES) if phase == ALL else [get_phase(phase).name]
         jobs = [
-            training_job(site, profile, name, nodes=nodes, precision=precision, tiny=tiny, overrides=overrides or [])
+            job
             for name in names
+            for job in training_jobs(site, profile, name, nodes=nodes, precision=precision, tiny=tiny,
+                                     overrides=overrides or [], layout=layout)
         ]
         title = f"lucie-{phase}"
         if dry_run:

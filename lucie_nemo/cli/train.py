@@ -15,6 +15,8 @@ def train(
     nodes: Annotated[Optional[int], typer.Option(help="Nodes of the allocation (default: the phase's original)")] = None,
     gpus_per_node: Annotated[Optional[int], typer.Option(help="GPUs per node")] = None,
     precision: Annotated[str, typer.Option(help="bf16 or fp8")] = "bf16",
+    layout: Annotated[str, typer.Option(help="fast (the plan's), original, or TPxPPxCP, e.g. TP1xPP1xCP1")] = "fast",
+    leg: Annotated[Optional[str], typer.Option(help="rampup or main, when the layout runs the phase in two legs")] = None,
     output_root: Annotated[str, typer.Option(help="Runs folder: <root>/<phase>/checkpoints, tensorboard")] = "runs",
     data_root: Annotated[Optional[str], typer.Option(help="Folder of the tokenised datasets (default: mock data)")] = None,
     blend_file: Annotated[Optional[str], typer.Option(help="Blend file (default: the phase's Lucie blend)")] = None,
@@ -29,7 +31,7 @@ def train(
         options = dict(
             overrides=overrides or [], tiny=tiny, vocab_size=vocab_size, precision=precision,
             output_root=output_root, data_root=data_root, blend_file=blend_file,
-            initial_checkpoint=initial_checkpoint,
+            initial_checkpoint=initial_checkpoint, layout=layout, leg=leg,
         )
         if nodes is not None:
             options["nodes"] = nodes

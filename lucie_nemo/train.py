@@ -23,15 +23,12 @@ def build_phase_config(
     from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides
 
     from lucie_nemo.errors import UserError
-    from lucie_nemo.phases import get_phase
     from lucie_nemo.recipe import phase_recipe
 
-    selected = get_phase(phase)
+    selected = trained_phase(phase, tiny)
     if tiny:
-        from lucie_nemo.demo_scale import demo_phase
         from lucie_nemo.model import TINY, lucie_tiny
 
-        selected = demo_phase(selected)
         recipe_options.setdefault("model", lucie_tiny(selected, vocab_size or TINY.vocab_size))
     cfg = phase_recipe(selected, **recipe_options)
     if overrides:
@@ -40,6 +37,18 @@ def build_phase_config(
         except Exception as error:  # Hydra/OmegaConf raise many types; the message says what is wrong
             raise UserError(f"cannot apply overrides {list(overrides)}: {error}") from None
     return cfg
+
+
+def trained_phase(phase: str, tiny: bool = False):
+    """The facts of ``phase`` as trained: Lucie's, or scaled down by lucie_nemo.demo_scale with ``tiny``."""
+    from lucie_nemo.phases import get_phase
+
+    selected = get_phase(phase)
+    if tiny:
+        from lucie_nemo.demo_scale import demo_phase
+
+        selected = demo_phase(selected)
+    return selected
 
 
 def train_phase(phase: str, **options) -> None:
@@ -61,7 +70,26 @@ def train_phase(phase: str, **options) -> None:
         use_local_layers(cfg.model, dtype=torch.bfloat16)  # a GPU environment without Transformer Engine
     check_layout(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     _single_process_defaults()
+    if os.environ["RANK"] == "0":
+        _record_plan(cfg, trained_phase(phase, options.get("tiny", False)))
     pretrain(cfg, forward_step)
+
+
+def _record_plan(cfg, phase) -> None:
+    """Write the run's plan.json for `lucie report` (lucie_nemo/report/plan.py says why)."""
+    from pathlib import Path
+
+    import torch
+
+    from lucie_nemo.architecture import LucieShape
+    from lucie_nemo.report.plan import write_run_plan
+
+    model = cfg.model
+    shape = LucieShape(model.num_layers, model.hidden_size, model.ffn_hidden_size, model.num_attention_heads,
+                       model.num_query_groups, model.vocab_size)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    write_run_plan(Path(cfg.checkpoint.save).parent, phase, cfg.train.train_iters, int(os.environ["WORLD_SIZE"]),
+                   shape, device)
 
 
 def _single_process_defaults() -> None:

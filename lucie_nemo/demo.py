@@ -52,6 +52,8 @@ class DemoReport:
     parity: str
     parity_ok: bool
     generations: dict[str, str]
+    run_report: Path  # report.png of `lucie report` on the demo's runs
+    deviations: int  # logged LRs and batches off the plan (lucie_nemo.report)
 
 
 def _train_process(*args: str, log: Path, total: int, label: str) -> None:
@@ -248,7 +250,12 @@ def run_demo(options: DemoOptions) -> DemoReport:
     saved = [(phase, step) for phase in PHASE_ORDER for step in demo.saved_steps(phase)]
     revisions = [demo.export(phase, step, tokenizer) for phase, step in tqdm(saved, desc="export", unit="revision")]
     parity_ok, parity = demo.verify(revisions[-1])
-    return DemoReport(reports, revisions, parity, parity_ok, demo.generate(revisions[-1]))
+    generations = demo.generate(revisions[-1])
+    from lucie_nemo.report import FIGURE, write_report
+
+    run_report = write_report(demo.runs)
+    return DemoReport(reports, revisions, parity, parity_ok, generations, run_report.output / FIGURE,
+                      len(run_report.deviations))
 
 
 def format_report(report: DemoReport) -> str:
@@ -261,4 +268,5 @@ def format_report(report: DemoReport) -> str:
     lines.append(f"parity ({report.revisions[-1]}): {'OK' if report.parity_ok else 'MISMATCH'} - {report.parity}")
     for prompt, continuation in report.generations.items():
         lines.append(f"  {prompt!r} -> {continuation!r}")
+    lines.append(f"run report ({report.deviations} deviations from the plan): {report.run_report}")
     return "\n".join(lines)

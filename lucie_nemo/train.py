@@ -33,16 +33,13 @@ def build_leg_config(
     from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides
 
     from lucie_nemo.errors import UserError
-    from lucie_nemo.phases import get_phase
     from lucie_nemo.plan import batch_sizes_from, layout_legs, select_leg
     from lucie_nemo.recipe import leg_recipe, phase_recipe
 
-    selected = get_phase(phase)
+    selected = trained_phase(phase, tiny)
     if tiny:
-        from lucie_nemo.demo_scale import demo_phase
         from lucie_nemo.model import TINY, lucie_tiny
 
-        selected = demo_phase(selected)
         recipe_options.setdefault("model", lucie_tiny(selected, vocab_size or TINY.vocab_size))
         cfg, batch_sizes = phase_recipe(selected, **recipe_options), batch_sizes_from(selected, 1)
     else:
@@ -57,6 +54,18 @@ def build_leg_config(
         except Exception as error:  # Hydra/OmegaConf raise many types; the message says what is wrong
             raise UserError(f"cannot apply overrides {list(overrides)}: {error}") from None
     return cfg, batch_sizes
+
+
+def trained_phase(phase: str, tiny: bool = False):
+    """The facts of ``phase`` as trained: Lucie's, or scaled down by lucie_nemo.demo_scale with ``tiny``."""
+    from lucie_nemo.phases import get_phase
+
+    selected = get_phase(phase)
+    if tiny:
+        from lucie_nemo.demo_scale import demo_phase
+
+        selected = demo_phase(selected)
+    return selected
 
 
 def train_phase(phase: str, **options) -> None:
@@ -81,7 +90,26 @@ def train_phase(phase: str, **options) -> None:
     use_checked_loads(cfg)  # a failed load ends the run with an error, never with status 0
     check_layout(cfg, int(os.environ.get("WORLD_SIZE", "1")), batch_sizes)
     _single_process_defaults()
+    if os.environ["RANK"] == "0":
+        _record_plan(cfg, trained_phase(phase, options.get("tiny", False)))
     pretrain(cfg, forward_step)
+
+
+def _record_plan(cfg, phase) -> None:
+    """Write the run's plan.json for `lucie report` (lucie_nemo/report/plan.py says why)."""
+    from pathlib import Path
+
+    import torch
+
+    from lucie_nemo.architecture import LucieShape
+    from lucie_nemo.report.plan import write_run_plan
+
+    model = cfg.model
+    shape = LucieShape(model.num_layers, model.hidden_size, model.ffn_hidden_size, model.num_attention_heads,
+                       model.num_query_groups, model.vocab_size)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    write_run_plan(Path(cfg.checkpoint.save).parent, phase, cfg.train.train_iters, int(os.environ["WORLD_SIZE"]),
+                   shape, device)
 
 
 def _single_process_defaults() -> None:

@@ -332,3 +332,71 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+# ---------------------------------------------------------------- downloads (lucie report --original)
+# What snapshot_download calls to read a revision: the revision info above, the tree listing and
+# HEAD/GET on /resolve/. Seeded from the test, not uploaded.
+
+@dataclass(frozen=True)
+class FileReply(Reply):
+    """A file's bytes (GET) or only its headers (HEAD)."""
+
+    content: bytes = b""
+
+
+class DownloadableFakeHub(FakeHub):
+    """A FakeHub from which huggingface_hub can also download files; ``seed`` fills a repository."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._server.RequestHandlerClass = _download_handler(self)
+
+    def seed(self, repo_id: str, files: dict[str, bytes]) -> None:
+        tree = {path: StoredFile(content, lfs=False) for path, content in files.items()}
+        commit = _new_commit("seed", tree, tuple(files), salt=repo_id)
+        self.repos[repo_id] = Repo(False, [commit], {MAIN: commit.oid})
+
+    def _routes(self):
+        return super()._routes() + [
+            ("GET", rf"/api/models/{REPO}/tree/(?P<revision>[^/]+)", True, self._tree),
+            ("GET", rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", True, self._resolve),
+            ("HEAD", rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", True, self._resolve_head),
+        ]
+
+    def _tree(self, repo: str, revision: str, body: bytes) -> Reply:
+        commit = self._commit_of(self._repo(repo), revision)
+        return Reply(200, [{"type": "file", "path": path, "size": len(stored.content), "oid": stored.oid}
+                           for path, stored in sorted(commit.tree.items())])
+
+    def _resolve(self, repo: str, revision: str, path: str, body: bytes) -> Reply:
+        commit = self._commit_of(self._repo(repo), revision)
+        if path not in commit.tree:
+            raise HubError(404, f"{path} does not exist on {revision}", "EntryNotFound")
+        stored = commit.tree[path]
+        return FileReply(200, headers={"X-Repo-Commit": commit.oid, "ETag": f'"{stored.oid}"'},
+                         content=stored.content)
+
+    def _resolve_head(self, repo: str, revision: str, path: str, body: bytes) -> Reply:
+        return self._resolve(repo, revision, path, body)
+
+
+def _download_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
+    class Handler(_handler(hub)):
+        def _serve(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            reply = hub.answer(self.command, urlsplit(self.path).path, self.headers, body)
+            is_file = isinstance(reply, FileReply)
+            payload = reply.content if is_file else json.dumps(reply.body).encode()
+            self.send_response(reply.status)
+            content_type = "application/octet-stream" if is_file else "application/json"
+            for name, value in {"Content-Type": content_type, **reply.headers}.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+
+        do_GET = do_POST = do_PUT = do_HEAD = _serve
+
+    return Handler

@@ -30,6 +30,10 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     assert "revisions (4): step0000050, step0000060, extension_step0000006, annealing_step0000006" in first.stdout
     assert re.search(r"parity \(annealing_step0000006\): OK - max abs difference", first.stdout)
     assert (tmp_path / "runs" / "pretrain" / "tensorboard").is_dir()
+    # the last line: `lucie report` of the demo's runs, written, with the runs on their (truncated) plan
+    assert first.stdout.rstrip().splitlines()[-1] == (
+        f"run report (0 deviations from the plan): {tmp_path / 'runs' / 'report' / 'report.png'}")
+    assert (tmp_path / "runs" / "report" / "report.md").is_file()
     for revision in ("step0000050", "step0000060", "extension_step0000006", "annealing_step0000006"):
         assert (tmp_path / "hub" / revision / "model.safetensors.index.json").is_file()
     continuations = re.findall(r"^  '.*' -> (.*)$", first.stdout, re.MULTILINE)

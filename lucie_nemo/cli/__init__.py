@@ -8,7 +8,7 @@ import typer
 
 # Each module defines `register(app)`; imports inside commands stay lazy so that
 # `lucie schedule` answers without loading torch or Megatron.
-COMMAND_MODULES = ("model", "schedule", "plan", "train", "launch", "tokenizer", "data", "convert", "demo")
+COMMAND_MODULES = ("model", "schedule", "plan", "train", "launch", "tokenizer", "data", "convert", "demo", "report")
 
 app = typer.Typer(
     name="lucie",

@@ -27,7 +27,7 @@ def demo(
         )
         report = run_demo(options)
         print(format_report(report))
-        if not report.parity_ok:
+        if not report.parity_ok or report.deviations:
             raise typer.Exit(1)
 
 

@@ -29,7 +29,10 @@ def prepare_data(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Tokenize documents into Megatron indexed datasets, <s> and </s> around each document.
+    """Tokenize documents into Megatron indexed datasets by the original Lucie run's rules.
+
+    Each text is rstrip()-ed, encoded in 100,000-character slices when longer, and stored as <s> ids </s>;
+    an empty or whitespace-only document is stored as <s></s>.
 
     Resumable: rerun the same command after an interruption and finished input files are kept.
     """
@@ -49,7 +52,7 @@ def prepare_data(
         for prefix, stats in run(config).items():
             typer.echo(
                 f"{prefix}: {stats['documents']:,} documents, {stats['tokens']:,} tokens "
-                f"({stats['empty_documents_skipped']:,} empty skipped)"
+                f"({stats['empty_documents']:,} empty, stored as <s></s>)"
             )
 
 

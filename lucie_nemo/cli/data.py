@@ -11,6 +11,7 @@ import typer
 from lucie_nemo.cli.errors import user_errors
 from lucie_nemo.data.demo_corpus import DEFAULT_MAX_MB
 
+UNUSED_SHOWN = 20  # unused dataset files listed in the text report
 data_app = typer.Typer(help="Data blends of the phases and the demo corpus.", no_args_is_help=True)
 
 
@@ -77,6 +78,53 @@ def blend(
         if check:
             validate_blend(result)
         typer.echo(json.dumps({"prefixes": result.prefixes, "weights": result.weights}, indent=2))
+
+
+@data_app.command("sources")
+def sources(
+    phase: Annotated[str, typer.Argument(help="pretrain, extension or anneal.")],
+    only: Annotated[list[str] | None, typer.Option(help="Only this prefix or dataset name (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full resolution as JSON.")] = False,
+    renormalize: Annotated[
+        bool, typer.Option(help="Share the weight of prefixes with no public file (Persee) among the others.")
+    ] = False,
+    dataset: Annotated[str, typer.Option(help="Hub dataset id.")] = "OpenLLM-France/Lucie-Training-Dataset",
+    revision: Annotated[str, typer.Option(help="Branch, tag or commit of the dataset.")] = "main",
+    endpoint: Annotated[
+        str | None, typer.Option(help="Hub URL.", show_default="HF_ENDPOINT, else https://huggingface.co")
+    ] = None,
+) -> None:
+    """Where each prefix of a phase's blend comes from in the public Lucie dataset (files, filter, order).
+
+    The dataset's file list is read once per revision and cached (LUCIE_CACHE, default ~/.cache/lucie-nemo).
+    """
+    with user_errors():
+        from lucie_nemo.data.sources import list_dataset_files, phase_sources
+
+        report = phase_sources(phase, list_dataset_files(dataset, revision, endpoint), dataset, revision,
+                               renormalize=renormalize, only=tuple(only or ()))
+        if as_json:
+            typer.echo(json.dumps(report.to_json(), indent=2))
+            return
+        for source in report.sources:
+            typer.echo(f"{source.weight:.9f}  {source.prefix}: {_where(source)}")
+        for path in report.unused_files[:UNUSED_SHOWN]:
+            typer.echo(f"unused: {path}")
+        unmatched = report.unmatched
+        typer.echo(f"{len(report.sources) - len(unmatched)} of {len(report.sources)} prefixes found in "
+                   f"{dataset}@{revision}; {len(report.unused_files)} dataset file(s) used by no prefix"
+                   + (" (--json lists them all)" if len(report.unused_files) > UNUSED_SHOWN else ""))
+        if unmatched and not renormalize:
+            share = sum(source.weight for source in unmatched)
+            typer.echo(f"the missing prefixes weigh {share:.6f}: --renormalize shares it among the others")
+
+
+def _where(source) -> str:
+    """``N file(s), SIZE in FOLDER[, rows whose extra has subset=X]`` or why the prefix has no file."""
+    if not source.files:
+        return f"MISSING: {source.missing}"
+    rows = "".join(f", rows whose extra has {key}={value}" for key, value in (source.row_filter or {}).items())
+    return f"{len(source.files)} file(s), {source.bytes / 1e9:.2f} GB in {source.folder}{rows}"
 
 
 @data_app.command("demo-corpus")

@@ -119,6 +119,37 @@ def sources(
             typer.echo(f"the missing prefixes weigh {share:.6f}: --renormalize shares it among the others")
 
 
+@data_app.command("build")
+def build(
+    phase: Annotated[str, typer.Argument(help="pretrain, extension or anneal.")],
+    data_root: Annotated[Path, typer.Option(help="Folder receiving the blend's datasets (the --data-root of training).")],
+    tokenizer: Annotated[str | None, typer.Option(help="Folder holding tokenizer.json, or a Hub id.",
+                                                  show_default="the Lucie tokenizer")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="Only this prefix or dataset name (repeatable).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Tokenizer processes.", show_default="the CPU count")] = None,
+    dataset: Annotated[str, typer.Option(help="Hub dataset id.")] = "OpenLLM-France/Lucie-Training-Dataset",
+    revision: Annotated[str, typer.Option(help="Branch, tag or commit of the dataset.")] = "main",
+    endpoint: Annotated[
+        str | None, typer.Option(help="Hub URL.", show_default="HF_ENDPOINT, else https://huggingface.co")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Download the public Lucie dataset's files of a phase's blend and tokenize them into DATA_ROOT.
+
+    Complete prefixes are skipped and an interrupted one resumes: rerun the same command after a failure.
+    Ends by writing DATA_ROOT/blend-PHASE.txt (the built prefixes, renormalized weights) and checking it.
+    """
+    with user_errors():
+        from lucie_nemo.data.build import BuildConfig, build_phase
+        from lucie_nemo.tokenizer import DEFAULT_TOKENIZER
+
+        config = BuildConfig(phase, data_root, str(tokenizer or DEFAULT_TOKENIZER), dataset, revision, endpoint,
+                             tuple(only or ()), workers, progress)
+        blend_file = build_phase(config, echo=typer.echo)
+        typer.echo(f"blend checked: {blend_file} (lucie data blend {phase} --data-root {data_root} "
+                   f"--blend-file {blend_file} --check)")
+
+
 def _where(source) -> str:
     """``N file(s), SIZE in FOLDER[, rows whose extra has subset=X]`` or why the prefix has no file."""
     if not source.files:

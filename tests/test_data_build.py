@@ -29,7 +29,6 @@ def hub(monkeypatch, tmp_path):
     with DatasetHub() as running:
         running.add_dataset(DATASET, miniature_lucie_dataset())
         monkeypatch.setenv("LUCIE_CACHE", str(tmp_path / "cache"))
-        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         yield running
 
 

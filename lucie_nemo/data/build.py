@@ -113,7 +113,12 @@ def download(config: BuildConfig, files: list[str]) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
     local = config.data_root / BUILD_FOLDER / "hub" / f"{config.dataset.replace('/', '--')}@{config.revision}"
+    silence = not config.progress and not are_progress_bars_disabled()
+    if silence:  # huggingface_hub reads HF_HUB_DISABLE_PROGRESS_BARS once, at import: switch its bars off here
+        disable_progress_bars()
     try:
         snapshot_download(config.dataset, repo_type="dataset", revision=config.revision, allow_patterns=files,
                           local_dir=local, endpoint=config.endpoint)
@@ -122,6 +127,9 @@ def download(config: BuildConfig, files: list[str]) -> Path:
         raise UserError(f"downloading {config.dataset}@{config.revision} failed: {said}") from None
     except (httpx.TransportError, OSError) as error:
         raise UserError(f"cannot download {config.dataset}@{config.revision} ({error}): check the network") from None
+    finally:
+        if silence:
+            enable_progress_bars()
     return local
 
 

@@ -2,7 +2,8 @@
 
 Both tokenize the same input (the demo corpus built larger, its languages concatenated into one JSONL)
 with the same tokenizer object (``tokenizer.json`` loaded as is by `lucie_nemo.tokenizer.load_tokenizer`)
-and the same number of worker processes, into token-identical Megatron indexed datasets (checked here).
+and the same number of worker processes, into token-identical Megatron indexed datasets (checked here): both
+apply the original Lucie run's document rules (rstrip, 100,000-character slices, <s> ... </s>).
 The baseline re-implements preprocess_data.py's approach: a ``multiprocessing.Pool`` mapping ``imap``
 over the input lines with chunksize 25, each call parsing and tokenizing one document (BOS from the
 tokenizer's template, EOS appended), and the parent writing each document with
@@ -27,8 +28,8 @@ import time
 from pathlib import Path
 
 from lucie_nemo.data.demo_corpus import build_demo_corpus
-from lucie_nemo.data.prepare import PrepareConfig, default_workers, prepare_data
-from lucie_nemo.tokenizer import EOS_ID, load_tokenizer
+from lucie_nemo.data.prepare import SLICE_CHARACTERS, PrepareConfig, default_workers, prepare_data
+from lucie_nemo.tokenizer import BOS_ID, EOS_ID, load_tokenizer
 
 BASELINE_CHUNKSIZE = 25
 _baseline_tokenizer = {}
@@ -39,9 +40,18 @@ def _baseline_init(tokenizer_folder: str) -> None:
 
 
 def _baseline_encode(line: str) -> tuple[list[int], int]:
-    """One document per call, as preprocess_data.py's Encoder.encode: parse, tokenize (BOS), append EOD."""
-    text = json.loads(line)["text"]
-    ids = _baseline_tokenizer["tokenizer"].encode(text).ids
+    """One document per call, as preprocess_data.py's Encoder.encode, with the original Lucie run's rules
+    (Lucie-Training's Encoder.encode and the fork's _AutoTokenizer.tokenize): rstrip, a text over 100,000
+    characters encoded slice by slice without special tokens, then BOS ... EOS; a shorter text encoded with
+    the tokenizer's template (BOS) and EOS appended."""
+    text = json.loads(line)["text"].rstrip()
+    tokenizer = _baseline_tokenizer["tokenizer"]
+    if len(text) > SLICE_CHARACTERS:
+        ids = [BOS_ID]
+        for start in range(0, len(text), SLICE_CHARACTERS):
+            ids += tokenizer.encode(text[start : start + SLICE_CHARACTERS], add_special_tokens=False).ids
+    else:
+        ids = tokenizer.encode(text).ids
     ids.append(EOS_ID)
     return ids, len(line)
 

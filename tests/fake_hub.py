@@ -328,75 +328,116 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         do_GET = do_HEAD = do_POST = do_PUT = _serve
 
+
         def log_message(self, format, *args) -> None:  # noqa: A002  (quiet test output)
             pass
 
     return Handler
 
 
-# ---------------------------------------------------------------- downloads (lucie report --original)
-# What snapshot_download calls to read a revision: the revision info above, the tree listing and
-# HEAD/GET on /resolve/. Seeded from the test, not uploaded.
-
-@dataclass(frozen=True)
-class FileReply(Reply):
-    """A file's bytes (GET) or only its headers (HEAD)."""
-
-    content: bytes = b""
+# ---------------------------------------------------------------- dataset repositories (read only)
 
 
-class DownloadableFakeHub(FakeHub):
-    """A FakeHub from which huggingface_hub can also download files; ``seed`` fills a repository."""
+class DatasetHub(FakeHub):
+    """The fake Hub plus read-only dataset repositories: the recursive file tree that ``list_repo_tree`` /
+    ``list_repo_files`` read, and file downloads (``hf_hub_download``, ``snapshot_download``)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._server.RequestHandlerClass = _download_handler(self)
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.datasets: dict[str, dict[str, bytes]] = {}  # repo id -> path -> content, at revision "main"
 
-    def seed(self, repo_id: str, files: dict[str, bytes]) -> None:
-        tree = {path: StoredFile(content, lfs=False) for path, content in files.items()}
-        commit = _new_commit("seed", tree, tuple(files), salt=repo_id)
-        self.repos[repo_id] = Repo(False, [commit], {MAIN: commit.oid})
+    def add_dataset(self, repo_id: str, files: dict[str, bytes]) -> str:
+        """Publish a dataset repository; returns the oid of its only commit."""
+        self.datasets[repo_id] = dict(files)
+        return self.dataset_oid(repo_id)
 
-    def _routes(self):
-        return super()._routes() + [
-            ("GET", rf"/api/models/{REPO}/tree/(?P<revision>[^/]+)", True, self._tree),
-            ("GET", rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", True, self._resolve),
-            ("HEAD", rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", True, self._resolve_head),
+    def dataset_oid(self, repo_id: str) -> str:
+        tree = {path: StoredFile(content, lfs=False) for path, content in self.datasets[repo_id].items()}
+        return _new_commit("dataset", tree, tuple(tree), salt=repo_id).oid
+
+    def _routes(self) -> list[tuple[str, str, bool, Callable[..., Reply]]]:
+        return [
+            ("GET", rf"/api/datasets/{REPO}/tree/(?P<revision>[^/]+)(?:/(?P<folder>.+))?", False, self._dataset_tree),
+            ("GET", rf"/api/datasets/{REPO}(?:/revision/(?P<revision>[^/]+))?", False, self._dataset_info),
+            ("HEAD", rf"/datasets/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", False, self._dataset_resolve),
+            ("GET", rf"/datasets/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", False, self._dataset_resolve),
+            *super()._routes(),
         ]
 
-    def _tree(self, repo: str, revision: str, body: bytes) -> Reply:
-        commit = self._commit_of(self._repo(repo), revision)
-        return Reply(200, [{"type": "file", "path": path, "size": len(stored.content), "oid": stored.oid}
-                           for path, stored in sorted(commit.tree.items())])
+    def _dataset_files(self, repo: str, revision: str) -> dict[str, bytes]:
+        if repo not in self.datasets:
+            raise HubError(404, "Repository not found", "RepoNotFound")
+        if revision not in (MAIN, self.dataset_oid(repo)):
+            raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        return self.datasets[repo]
 
-    def _resolve(self, repo: str, revision: str, path: str, body: bytes) -> Reply:
-        commit = self._commit_of(self._repo(repo), revision)
-        if path not in commit.tree:
-            raise HubError(404, f"{path} does not exist on {revision}", "EntryNotFound")
-        stored = commit.tree[path]
-        return FileReply(200, headers={"X-Repo-Commit": commit.oid, "ETag": f'"{stored.oid}"'},
-                         content=stored.content)
+    def _dataset_tree(self, repo: str, revision: str, body: bytes, folder: str = "") -> Reply:
+        files = self._dataset_files(repo, revision)
+        under = {path: content for path, content in files.items() if path.startswith(folder.rstrip("/"))}
+        folders = {"/".join(path.split("/")[:depth]) for path in under for depth in range(1, path.count("/") + 1)}
+        entries = [{"type": "directory", "path": path, "oid": "0" * 40, "size": 0} for path in sorted(folders)]
+        entries += [
+            {"type": "file", "path": path, "size": len(content), "oid": StoredFile(content, False).oid}
+            for path, content in sorted(under.items())
+        ]
+        return Reply(200, entries)
 
-    def _resolve_head(self, repo: str, revision: str, path: str, body: bytes) -> Reply:
-        return self._resolve(repo, revision, path, body)
+    def _dataset_info(self, repo: str, body: bytes, revision: str = MAIN) -> Reply:
+        files = self._dataset_files(repo, revision)
+        siblings = [{"rfilename": path} for path in sorted(files)]
+        return Reply(200, {"id": repo, "sha": self.dataset_oid(repo), "private": False, "siblings": siblings})
+
+    def _dataset_resolve(self, repo: str, revision: str, path: str, body: bytes) -> Reply:
+        files = self._dataset_files(repo, revision)
+        if path not in files:
+            raise HubError(404, f"Entry not found: {path}", "EntryNotFound")
+        content = files[path]
+        headers = {
+            "X-Repo-Commit": self.dataset_oid(repo),
+            "ETag": f'"{StoredFile(content, False).oid}"',
+        }
+        return Reply(200, headers=headers, raw=content)
 
 
-def _download_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
-    class Handler(_handler(hub)):
-        def _serve(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            reply = hub.answer(self.command, urlsplit(self.path).path, self.headers, body)
-            is_file = isinstance(reply, FileReply)
-            payload = reply.content if is_file else json.dumps(reply.body).encode()
-            self.send_response(reply.status)
-            content_type = "application/octet-stream" if is_file else "application/json"
-            for name, value in {"Content-Type": content_type, **reply.headers}.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(payload)
+def parquet_bytes(columns: dict[str, list]) -> bytes:
+    """A Parquet file of these columns (two rows per row group), as bytes."""
+    import io
 
-        do_GET = do_POST = do_PUT = do_HEAD = _serve
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    return Handler
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(columns), buffer, row_group_size=2)
+    return buffer.getvalue()
+
+
+def _documents(name: str, count: int, **extra_columns) -> bytes:
+    texts = [f"Document {i} de {name} : « été », naïve ; fin.\n" * (i + 1) for i in range(count)]
+    texts[count // 2] = "  \n"  # a blank document, stored as <s></s>
+    ids = [f"{name}/{i}" for i in range(count)]
+    return parquet_bytes({"text": texts, "id": ids, **extra_columns})
+
+
+def miniature_lucie_dataset() -> dict[str, bytes]:
+    """OpenLLM-France/Lucie-Training-Dataset in miniature, in its real layout: yearly RedPajama and
+    FineWebEdu snapshots, Claire (one file per language, the subset in ``extra``), YouTube, TheStack,
+    Wikipedia, a file that no blend prefix reads, and a later version's file. PeS2o is left out (a
+    missing source); Persee is not public."""
+    base = "data/v1.1/natural"
+    files = {
+        f"{base}/fr/RedPajama/RedPajama--fr--2019-09.parquet": _documents("rp-2019-09", 3),
+        f"{base}/fr/RedPajama/RedPajama--fr--2019-04.parquet": _documents("rp-2019-04", 4),
+        f"{base}/fr/RedPajama/RedPajama--fr--2020-05.parquet": _documents("rp-2020-05", 2),
+        f"{base}/en/FineWebEdu/FineWebEdu--cc-main-2019-04.parquet": _documents("fwe-2019-04", 3),
+        f"{base}/en/FineWebEdu/FineWebEdu--cc-main-2019-18.parquet": _documents("fwe-2019-18", 3),
+        f"{base}/en/Claire/Claire--en.parquet": _documents(
+            "claire-en", 5, extra=[json.dumps({"subset": s, "idx_row": i}) for i, s in
+                                   enumerate(["MediaSum", "AMI", "MediaSum", "BNC", "MediaSum"])]),
+        f"{base}/fr/YouTube/YouTube--fr.parquet": _documents("youtube", 3),
+        f"{base}/fr/Wikipedia/Wikipedia--fr.parquet": _documents("wiki-fr", 4),
+        "data/v1.1/code/python/TheStack/TheStack--python.parquet": _documents("stack-py", 3),
+        f"{base}/fr/Unknown/Unknown--fr.parquet": _documents("unknown", 2),
+        "data/v1.2/natural/fr/RedPajama/RedPajama--fr--2024-10.parquet": _documents("later", 2),
+        "README.md": b"---\npretty_name: Lucie Training Dataset (miniature)\n---\n",
+    }
+    return files

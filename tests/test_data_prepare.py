@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from lucie_nemo.data import prepare
 from lucie_nemo.data.prepare import PrepareConfig, output_prefixes, prepare_data, stats_path
 from lucie_nemo.errors import UserError
+from original_rules import original_ids
 
 TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "lucie" / "tokenizer"
 
@@ -40,8 +41,8 @@ def reference() -> Tokenizer:
 
 
 def expected_ids(reference: Tokenizer, texts: list[str]) -> list[list[int]]:
-    """BOS + the ids of tokenizer.json + EOS, for each non-empty document."""
-    return [[0, *reference.encode(text, add_special_tokens=False).ids, 1] for text in texts if text.strip()]
+    """The original run's ids of each document (empty ones included, as <s></s>)."""
+    return [original_ids(reference, text) for text in texts]
 
 
 def write_jsonl(path: Path, texts: list[str], field: str = "text") -> Path:
@@ -85,7 +86,7 @@ def test_token_ids_and_stats_are_exact(tmp_path: Path, inputs: list[Path], refer
         "tokens": sum(lengths),
         "min_document_tokens": min(lengths),
         "max_document_tokens": max(lengths),
-        "empty_documents_skipped": 3,
+        "empty_documents": 3,
         "document_tokens": "all",
         "inputs": [str(path) for path in inputs],
         "tokenizer": str(TOKENIZER),
@@ -125,7 +126,7 @@ def test_split_at_puts_documents_of_at_most_n_tokens_in_the_short_output(
         assert stats["min_document_tokens"] == min(map(len, documents))
         assert stats["max_document_tokens"] == max(map(len, documents))
         assert stats["document_tokens"] == selection
-        assert stats["empty_documents_skipped"] == 3
+        assert stats["empty_documents"] == 3
     assert not prefix.with_name(prefix.name + ".parts").exists()
 
 
@@ -172,7 +173,7 @@ def test_an_interrupted_run_resumes_without_redoing_finished_files(
     assert tokenized == [[0, 2]]  # the changed and the unfinished input files
     texts = batches[0] + ["Un document ajouté : le fichier a changé."] + batches[1] + batches[2]
     assert read_dataset(prefix) == expected_ids(reference, texts)
-    assert stats[prefix]["empty_documents_skipped"] == 2
+    assert stats[prefix]["empty_documents"] == 2
     assert not work.exists()
 
     straight = tmp_path / "straight"  # the same inputs without an interruption: the same bytes

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_hub import DownloadableFakeHub
+from fake_hub import FakeHub
 
 from lucie_nemo.demo_scale import LR_MULTIPLIER, demo_phases
 from lucie_nemo.phases import PHASES
@@ -198,8 +198,8 @@ def test_original_logs_are_overlaid_on_the_run_scale(run_root, tmp_path):
 def test_original_logs_fetched_from_the_hub(run_root, tmp_path):
     source = _original_repository(tmp_path / "copy")
     files = {str(p.relative_to(source)): p.read_bytes() for p in source.rglob("*.csv")}
-    with DownloadableFakeHub() as hub:
-        hub.seed("OpenLLM-France/Lucie-7B", {**files, "README.md": b"card"})
+    with FakeHub() as hub:
+        hub.seed("OpenLLM-France/Lucie-7B", "main", {**files, "README.md": b"card"})
         env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": hub.token, "HF_HOME": str(tmp_path / "hf"),
                "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
         result = _lucie("report", str(run_root), "--output", str(tmp_path / "out"), "--json",

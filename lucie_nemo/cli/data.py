@@ -11,6 +11,7 @@ import typer
 from lucie_nemo.cli.errors import user_errors
 from lucie_nemo.data.demo_corpus import DEFAULT_MAX_MB
 
+UNUSED_SHOWN = 20  # unused dataset files listed in the text report
 data_app = typer.Typer(help="Data blends of the phases and the demo corpus.", no_args_is_help=True)
 
 
@@ -29,7 +30,10 @@ def prepare_data(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Tokenize documents into Megatron indexed datasets, <s> and </s> around each document.
+    """Tokenize documents into Megatron indexed datasets by the original Lucie run's rules.
+
+    Each text is rstrip()-ed, encoded in 100,000-character slices when longer, and stored as <s> ids </s>;
+    an empty or whitespace-only document is stored as <s></s>.
 
     Resumable: rerun the same command after an interruption and finished input files are kept.
     """
@@ -49,7 +53,7 @@ def prepare_data(
         for prefix, stats in run(config).items():
             typer.echo(
                 f"{prefix}: {stats['documents']:,} documents, {stats['tokens']:,} tokens "
-                f"({stats['empty_documents_skipped']:,} empty skipped)"
+                f"({stats['empty_documents']:,} empty, stored as <s></s>)"
             )
 
 
@@ -74,6 +78,84 @@ def blend(
         if check:
             validate_blend(result)
         typer.echo(json.dumps({"prefixes": result.prefixes, "weights": result.weights}, indent=2))
+
+
+@data_app.command("sources")
+def sources(
+    phase: Annotated[str, typer.Argument(help="pretrain, extension or anneal.")],
+    only: Annotated[list[str] | None, typer.Option(help="Only this prefix or dataset name (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full resolution as JSON.")] = False,
+    renormalize: Annotated[
+        bool, typer.Option(help="Share the weight of prefixes with no public file (Persee) among the others.")
+    ] = False,
+    dataset: Annotated[str, typer.Option(help="Hub dataset id.")] = "OpenLLM-France/Lucie-Training-Dataset",
+    revision: Annotated[str, typer.Option(help="Branch, tag or commit of the dataset.")] = "main",
+    endpoint: Annotated[
+        str | None, typer.Option(help="Hub URL.", show_default="HF_ENDPOINT, else https://huggingface.co")
+    ] = None,
+) -> None:
+    """Where each prefix of a phase's blend comes from in the public Lucie dataset (files, filter, order).
+
+    The dataset's file list is read once per revision and cached (LUCIE_CACHE, default ~/.cache/lucie-nemo).
+    """
+    with user_errors():
+        from lucie_nemo.data.sources import list_dataset_files, phase_sources
+
+        report = phase_sources(phase, list_dataset_files(dataset, revision, endpoint), dataset, revision,
+                               renormalize=renormalize, only=tuple(only or ()))
+        if as_json:
+            typer.echo(json.dumps(report.to_json(), indent=2))
+            return
+        for source in report.sources:
+            typer.echo(f"{source.weight:.9f}  {source.prefix}: {_where(source)}")
+        for path in report.unused_files[:UNUSED_SHOWN]:
+            typer.echo(f"unused: {path}")
+        unmatched = report.unmatched
+        typer.echo(f"{len(report.sources) - len(unmatched)} of {len(report.sources)} prefixes found in "
+                   f"{dataset}@{revision}; {len(report.unused_files)} dataset file(s) used by no prefix"
+                   + (" (--json lists them all)" if len(report.unused_files) > UNUSED_SHOWN else ""))
+        if unmatched and not renormalize:
+            share = sum(source.weight for source in unmatched)
+            typer.echo(f"the missing prefixes weigh {share:.6f}: --renormalize shares it among the others")
+
+
+@data_app.command("build")
+def build(
+    phase: Annotated[str, typer.Argument(help="pretrain, extension or anneal.")],
+    data_root: Annotated[Path, typer.Option(help="Folder receiving the blend's datasets (the --data-root of training).")],
+    tokenizer: Annotated[str | None, typer.Option(help="Folder holding tokenizer.json, or a Hub id.",
+                                                  show_default="the Lucie tokenizer")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="Only this prefix or dataset name (repeatable).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Tokenizer processes.", show_default="the CPU count")] = None,
+    dataset: Annotated[str, typer.Option(help="Hub dataset id.")] = "OpenLLM-France/Lucie-Training-Dataset",
+    revision: Annotated[str, typer.Option(help="Branch, tag or commit of the dataset.")] = "main",
+    endpoint: Annotated[
+        str | None, typer.Option(help="Hub URL.", show_default="HF_ENDPOINT, else https://huggingface.co")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Download the public Lucie dataset's files of a phase's blend and tokenize them into DATA_ROOT.
+
+    Complete prefixes are skipped and an interrupted one resumes: rerun the same command after a failure.
+    Ends by writing DATA_ROOT/blend-PHASE.txt (the built prefixes, renormalized weights) and checking it.
+    """
+    with user_errors():
+        from lucie_nemo.data.build import BuildConfig, build_phase
+        from lucie_nemo.tokenizer import DEFAULT_TOKENIZER
+
+        config = BuildConfig(phase, data_root, str(tokenizer or DEFAULT_TOKENIZER), dataset, revision, endpoint,
+                             tuple(only or ()), workers, progress)
+        blend_file = build_phase(config, echo=typer.echo)
+        typer.echo(f"blend checked: {blend_file} (lucie data blend {phase} --data-root {data_root} "
+                   f"--blend-file {blend_file} --check)")
+
+
+def _where(source) -> str:
+    """``N file(s), SIZE in FOLDER[, rows whose extra has subset=X]`` or why the prefix has no file."""
+    if not source.files:
+        return f"MISSING: {source.missing}"
+    rows = "".join(f", rows whose extra has {key}={value}" for key, value in (source.row_filter or {}).items())
+    return f"{len(source.files)} file(s), {source.bytes / 1e9:.2f} GB in {source.folder}{rows}"
 
 
 @data_app.command("demo-corpus")

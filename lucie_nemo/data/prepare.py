@@ -1,9 +1,12 @@
 """Tokenize documents into Megatron indexed datasets (``PREFIX.bin``/``PREFIX.idx``), fast and resumably.
 
-Every document becomes one sequence ``<s> ids </s>``: BOS and EOS around each document, as in the
-original Lucie run. Inputs are JSON lines (one document per line, in a text field), Parquet files (one
-document per row, in a text column) or plain text files (one document per file). Documents that are
-empty or whitespace only are skipped and counted.
+Every document is stored as the original Lucie run stored it (Lucie-Training
+``tokenization/tokenizer_apply.py`` and the Megatron-DeepSpeed fork's ``_AutoTokenizer.tokenize``): its
+text ``rstrip()``-ed, a text longer than 100,000 characters encoded in consecutive 100,000-character
+slices (each without special tokens, ids concatenated), then ``<s> ids </s>``; an empty or
+whitespace-only text is stored as ``<s></s>`` and counted. Inputs are JSON lines (one document per line,
+in a text field), Parquet files (one document per row, in a text column) or plain text files (one
+document per file).
 
 Worker processes tokenize large chunks with ``Tokenizer.encode_batch_fast`` and send back numpy arrays;
 the parent writes one shard per input file into ``PREFIX.parts/`` with megatron-core's
@@ -34,6 +37,8 @@ JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 ALL_OUTPUTS = "all"
+SLICE_CHARACTERS = 100_000  # the fork's CHUNK_MAX: longer texts were encoded slice by slice
+DOCUMENT_RULES = "rstrip; 100000-character slices; <s> ids </s>; empty kept"  # in the resume manifest
 
 
 def default_workers() -> int:
@@ -107,7 +112,14 @@ class ChunkResult:
     nbytes: int
     tokens: np.ndarray
     lengths: np.ndarray
-    empty: int  # empty documents skipped
+    empty: int  # empty or whitespace-only documents, stored as <s></s>
+
+
+def text_slices(text: str) -> list[str]:
+    """The pieces the original run encoded separately for a document: its text ``rstrip()``-ed, cut into
+    slices of 100,000 characters (code points, as Python slices); none for an empty or blank text."""
+    text = text.rstrip()
+    return [text[start : start + SLICE_CHARACTERS] for start in range(0, len(text), SLICE_CHARACTERS)]
 
 
 def output_prefixes(output_prefix: Path, split_at: int | None) -> dict[str, Path]:
@@ -193,6 +205,7 @@ def _manifest(config: PrepareConfig, folder: Path, dtype: type) -> dict:
         "text_field": config.text_field,
         "split_at": config.split_at,
         "dtype": np.dtype(dtype).name,
+        "document_rules": DOCUMENT_RULES,
     }
 
 
@@ -437,7 +450,7 @@ def _stats_json(config: PrepareConfig, key: str, stats: OutputStats, empty: int)
     selection = {ALL_OUTPUTS: "all", "short": f"<= {config.split_at}", "long": f"> {config.split_at}"}[key]
     return {
         **asdict(stats),
-        "empty_documents_skipped": empty,
+        "empty_documents": empty,
         "document_tokens": selection,
         "inputs": [str(path) for path in config.inputs],
         "tokenizer": str(config.tokenizer),
@@ -457,18 +470,23 @@ def _init_worker(tokenizer_folder: str) -> None:
 
 
 def _tokenize_chunk(chunk: Chunk) -> ChunkResult:
-    """Read, tokenize and frame (BOS ... EOS) the documents of one chunk."""
+    """Read, tokenize and frame (BOS ... EOS) the documents of one chunk, by the original run's rules."""
     texts = _read_chunk(chunk)
-    kept = [text for text in texts if text and not text.isspace()]
-    encodings = _worker["tokenizer"].encode_batch_fast(kept, add_special_tokens=False)
+    slices = [text_slices(text) for text in texts]
+    pieces_of_chunk = [piece for pieces in slices for piece in pieces]
+    encodings = iter(_worker["tokenizer"].encode_batch_fast(pieces_of_chunk, add_special_tokens=False))
     flat: list[int] = []
-    for encoding in encodings:
+    lengths = np.empty(len(texts), dtype=np.int64)
+    for document, pieces in enumerate(slices):
+        start = len(flat)
         flat.append(BOS_ID)
-        flat.extend(encoding.ids)
+        for _ in pieces:
+            flat.extend(next(encodings).ids)
         flat.append(EOS_ID)
-    lengths = np.fromiter((len(encoding) + 2 for encoding in encodings), dtype=np.int64, count=len(encodings))
+        lengths[document] = len(flat) - start
     tokens = np.array(flat, dtype=chunk.dtype)
-    return ChunkResult(chunk.part, chunk.last, chunk.nbytes, tokens, lengths, len(texts) - len(kept))
+    empty = sum(1 for pieces in slices if not pieces)
+    return ChunkResult(chunk.part, chunk.last, chunk.nbytes, tokens, lengths, empty)
 
 
 def _read_chunk(chunk: Chunk) -> list[str]:

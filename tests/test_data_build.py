@@ -1,0 +1,140 @@
+"""`lucie data build PHASE`: a miniature public dataset on a fake Hub, downloaded and tokenized into a data
+root, interrupted and resumed to the same bytes; phase 2's split; bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from tokenizers import Tokenizer
+from typer.testing import CliRunner
+
+from fake_hub import DatasetHub, miniature_lucie_dataset, parquet_bytes
+from lucie_nemo.cli.data import data_app
+from lucie_nemo.data import prepare
+from lucie_nemo.data.sources import DATASET
+from original_rules import original_ids
+
+TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "lucie" / "tokenizer"
+NATURAL = "data/v1.1/natural"
+ONLY = ("RedPajama--fr--2019", "Claire--en--MediaSum", "TheStack--python", "Persee")
+GROUPED = "lucie_tokens_65k_grouped"
+
+
+@pytest.fixture()
+def hub(monkeypatch, tmp_path):
+    with DatasetHub() as running:
+        running.add_dataset(DATASET, miniature_lucie_dataset())
+        monkeypatch.setenv("LUCIE_CACHE", str(tmp_path / "cache"))
+        yield running
+
+
+def build(hub: DatasetHub, phase: str, root: Path, *only: str):
+    arguments = ["build", phase, "--data-root", str(root), "--tokenizer", str(TOKENIZER), "--endpoint", hub.url,
+                 "--workers", "1", "--no-progress", *(f"--only={name}" for name in only)]
+    return CliRunner().invoke(data_app, arguments)
+
+
+def texts(files: dict[str, bytes], path: str) -> list[str]:
+    return pq.read_table(io.BytesIO(files[path])).column("text").to_pylist()
+
+
+def read_dataset(prefix: Path) -> list[list[int]]:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    dataset = IndexedDataset(str(prefix))
+    return [dataset[i].tolist() for i in range(len(dataset))]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_build_interrupted_and_resumed_gives_the_same_bytes(hub, tmp_path, monkeypatch):
+    reference = Tokenizer.from_file(str(TOKENIZER / "tokenizer.json"))
+    files = miniature_lucie_dataset()
+    root = tmp_path / "root"
+
+    finish = prepare._PartWriter.finish
+    finished: list[str] = []
+
+    def finish_then_stop(self, input_path: Path) -> None:  # killed after the first file of RedPajama--fr--2019
+        finish(self, input_path)
+        finished.append(input_path.name)
+        if input_path.name == "RedPajama--fr--2019-04.parquet":
+            raise Interrupted
+
+    monkeypatch.setattr(prepare._PartWriter, "finish", finish_then_stop)
+    result = build(hub, "pretrain", root, *ONLY)
+    assert isinstance(result.exception, Interrupted), result.output
+    monkeypatch.setattr(prepare._PartWriter, "finish", finish)
+
+    result = build(hub, "pretrain", root, *ONLY)
+    assert result.exit_code == 0, result.output
+    assert "skipped lucie_tokens_65k_grouped/Persee_text_document: Persee was used in training but is not in " \
+           "the public release" in result.output
+    assert f"built: {GROUPED}/RedPajama--fr--2019_text_document" in result.output
+
+    rp = [f"{NATURAL}/fr/RedPajama/RedPajama--fr--2019-04.parquet", f"{NATURAL}/fr/RedPajama/RedPajama--fr--2019-09.parquet"]
+    expected = [original_ids(reference, text) for path in rp for text in texts(files, path)]  # in file order
+    assert read_dataset(root / GROUPED / "RedPajama--fr--2019_text_document") == expected
+    claire = pq.read_table(io.BytesIO(files[f"{NATURAL}/en/Claire/Claire--en.parquet"])).to_pylist()
+    mediasum = [row["text"] for row in claire if json.loads(row["extra"])["subset"] == "MediaSum"]
+    assert len(mediasum) == 3
+    assert read_dataset(root / GROUPED / "Claire--en--MediaSum_text_document") == [
+        original_ids(reference, text) for text in mediasum]
+    stats = json.loads((root / GROUPED / "TheStack--python_text_document.stats.json").read_text())
+    assert (stats["documents"], stats["empty_documents"]) == (3, 1)
+
+    blend = (root / "blend-pretrain.txt").read_text().split()
+    assert blend[1::2] == [f"{GROUPED}/{name}_text_document" for name in
+                           ("RedPajama--fr--2019", "TheStack--python", "Claire--en--MediaSum")]  # the blend's order
+    assert abs(sum(map(float, blend[::2])) - 1) < 1e-12
+
+    again = build(hub, "pretrain", root, *ONLY)  # everything complete: nothing downloaded or tokenized again
+    assert again.exit_code == 0 and "built:" not in again.output
+    assert again.output.count("complete: ") == 3
+
+    straight = tmp_path / "straight"
+    assert build(hub, "pretrain", straight, *ONLY).exit_code == 0
+    outputs = sorted(path.relative_to(root) for path in (root / GROUPED).iterdir() if path.suffix in (".bin", ".idx"))
+    assert len(outputs) == 6
+    for path in outputs:
+        assert (root / path).read_bytes() == (straight / path).read_bytes(), path
+
+
+def test_phase_2_splits_at_4096_tokens(hub, tmp_path):
+    root = tmp_path / "root"
+    result = build(hub, "extension", root, "Claire--en--MediaSum")
+    assert result.exit_code == 0, result.output
+    splitted = root / "lucie_tokens_65k_splitted"
+    short = json.loads((splitted / "length-0-4096" / "Claire--en--MediaSum_text_document.stats.json").read_text())
+    long = json.loads((splitted / "length-4096-inf" / "Claire--en--MediaSum_text_document.stats.json").read_text())
+    assert (short["documents"], short["document_tokens"], long["documents"], long["document_tokens"]) == (
+        3, "<= 4096", 0, "> 4096")
+    assert (root / "blend-extension.txt").read_text().split()[1::2] == [
+        "lucie_tokens_65k_splitted/length-4096-inf/Claire--en--MediaSum_text_document",
+        "lucie_tokens_65k_splitted/length-0-4096/Claire--en--MediaSum_text_document",
+    ]
+
+
+def test_bad_input_is_one_error_line(hub, tmp_path):
+    files = miniature_lucie_dataset()
+    files[f"{NATURAL}/fr/YouTube/YouTube--fr.parquet"] = parquet_bytes({"content": ["pas de colonne text"]})
+    hub.add_dataset(DATASET, files)
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    cases = [
+        (build(hub, "nophase", tmp_path / "a"), "error: unknown phase 'nophase'"),
+        (build(hub, "pretrain", tmp_path / "a", "Nowhere"), "error: prefix 'Nowhere' is not in the pretrain blend"),
+        (build(hub, "pretrain", not_a_folder / "root", "Wikipedia--fr"), f"error: data root {not_a_folder / 'root'} "
+                                                                          "is not writable"),
+        (build(hub, "pretrain", tmp_path / "b", "ValidatedYouTube--fr"), "error: Parquet file "),
+    ]
+    for result, message in cases:
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(message) and result.output.count("\n") == 1, result.output
+    assert "has no column 'text' (columns: content)" in cases[-1][0].output

@@ -328,7 +328,6 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         do_GET = do_HEAD = do_POST = do_PUT = _serve
 
-
         def log_message(self, format, *args) -> None:  # noqa: A002  (quiet test output)
             pass
 

@@ -228,3 +228,32 @@ def test_cli_export_bad_source(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert f"error: {tmp_path} has no tokenizer.json" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def _post_processor_adds_eos(tokenizer: dict) -> str:
+    processor = tokenizer["post_processor"]
+    processor["single"].append({"SpecialToken": {"id": "</s>", "type_id": 0}})
+    processor["special_tokens"]["</s>"] = {"id": "</s>", "ids": [EOS_ID], "tokens": ["</s>"]}
+    return r"encodes 'Bonjour' as \[0, 46276, 1\], Lucie adds <s> and not </s>"
+
+
+def _no_byte_fallback(tokenizer: dict) -> str:
+    tokenizer["model"]["byte_fallback"] = False
+    return "tokenizer model is not a byte-fallback BPE"
+
+
+def _byte_token_moved(tokenizer: dict) -> str:
+    vocab = tokenizer["model"]["vocab"]
+    assert (vocab["<0x41>"], vocab["▁▁"]) == (69, 301)
+    vocab["<0x41>"], vocab["▁▁"] = 301, 69
+    return "tokenizer maps <0x41> to id 301, Lucie needs 69"
+
+
+@pytest.mark.parametrize("edit", [_post_processor_adds_eos, _no_byte_fallback, _byte_token_moved])
+def test_load_tokenizer_refuses_edited_lucie_layout(tmp_path: Path, edit) -> None:
+    """The real tokenizer.json with one layout rule broken is refused, naming the rule."""
+    tokenizer = json.loads((SHARED / "tokenizer.json").read_text("utf-8"))
+    message = edit(tokenizer)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        load_tokenizer(tmp_path)

@@ -30,6 +30,7 @@ def world(megatron_runtime):
 def pytest_report_header(config):
     import torch
 
+    gpu_check = "the suite has no GPU-only tests: bench/gpu_check.sh checks the GPU path on a GPU machine"
     if not torch.cuda.is_available():
-        return "no CUDA device: GPU-only checks are skipped (bench/gpu_check.sh runs them on a GPU machine)"
-    return f"CUDA device: {torch.cuda.get_device_name(0)}"
+        return f"no CUDA device; {gpu_check}"
+    return f"CUDA device: {torch.cuda.get_device_name(0)}; {gpu_check}"

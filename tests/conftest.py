@@ -8,6 +8,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+# Tests that read the real Lucie files (tokenizer, blends) say so when the folder is absent.
+needs_shared = pytest.mark.skipif(not (SHARED / "lucie").is_dir(),
+                                  reason=f"needs {SHARED / 'lucie'} (the real Lucie tokenizer and blend files)")
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from conftest import needs_shared
 import typer
 from tokenizers import Tokenizer, models
 from typer.testing import CliRunner
@@ -29,6 +30,7 @@ from lucie_nemo.tokenizer import (
 )
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "lucie" / "tokenizer"
+pytestmark = needs_shared
 
 SAMPLES = {
     "fr": "Quelle est la capitale de la France ?\nParis. « L’hiver 1954 », l'abbé Pierre (1912-2007) a dit : "

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import needs_shared
 import typer
 from tokenizers import Tokenizer
 from typer.testing import CliRunner
@@ -19,6 +20,7 @@ from lucie_nemo.data.prepare import PrepareConfig, output_prefixes, prepare_data
 from lucie_nemo.errors import UserError
 
 TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "lucie" / "tokenizer"
+pytestmark = needs_shared
 
 DOCUMENTS = [
     "Quelle est la capitale de la France ?\nParis. « L’été — c’est “chaud” », dit-elle (à 14 h 30).",

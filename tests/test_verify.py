@@ -78,7 +78,9 @@ def test_streamed_megatron_logits_equal_the_whole_model(converter_runs, exported
     whole = local_provider(checkpoint.shape, PRETRAIN, torch.float32, rotary_base=checkpoint.rotary_base).provide()
     sharded = whole.sharded_state_dict()
     loaded = dist_checkpointing.load(sharded, str(checkpoint.weights_dir))
-    whole.load_state_dict({key: loaded[key] for key in sharded}, strict=False)
+    result = whole.load_state_dict({key: loaded[key] for key in sharded}, strict=False)
+    assert all(key.endswith("._extra_state") for key in result.missing_keys)
+    assert result.unexpected_keys == []
     with torch.no_grad():
         for parameter in whole.parameters():
             parameter.copy_(parameter.to(torch.bfloat16))

@@ -8,6 +8,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+# Tests that read the real Lucie files (tokenizer, blends) say so when the folder is absent.
+needs_shared = pytest.mark.skipif(not (SHARED / "lucie").is_dir(),
+                                  reason=f"needs {SHARED / 'lucie'} (the real Lucie tokenizer and blend files)")
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +33,7 @@ def world(megatron_runtime):
 def pytest_report_header(config):
     import torch
 
+    gpu_check = "the suite has no GPU-only tests: bench/gpu_check.sh checks the GPU path on a GPU machine"
     if not torch.cuda.is_available():
-        return "no CUDA device: GPU-only checks are skipped (bench/gpu_check.sh runs them on a GPU machine)"
-    return f"CUDA device: {torch.cuda.get_device_name(0)}"
+        return f"no CUDA device; {gpu_check}"
+    return f"CUDA device: {torch.cuda.get_device_name(0)}; {gpu_check}"

@@ -110,6 +110,13 @@ class FakeHub:
         self._server.shutdown()
         self._server.server_close()
 
+    def add_repo(self, repo_id: str, files: dict[str, bytes], private: bool = False) -> None:
+        """A repository whose main branch holds ``files`` besides the .gitattributes the Hub writes."""
+        tree = {".gitattributes": StoredFile(GITATTRIBUTES, lfs=False)}
+        tree |= {path: StoredFile(content, lfs=False) for path, content in files.items()}
+        initial = _new_commit("initial commit", tree, tuple(tree), salt=repo_id)
+        self.repos[repo_id] = Repo(private, [initial], {MAIN: initial.oid})
+
     def head(self, repo_id: str, branch: str) -> Commit:
         repo = self.repos[repo_id]
         return repo.commit(repo.branches[branch])
@@ -298,6 +305,8 @@ def _apply(key: str, value: dict, tree: dict[str, StoredFile], lfs_objects: dict
     """One line of a commit's NDJSON payload, applied to ``tree``."""
     if key == "file" and value.get("encoding") == "base64":
         tree[value["path"]] = StoredFile(base64.b64decode(value["content"]), lfs=False)
+    elif key == "deletedFile":
+        tree.pop(value["path"], None)
     elif key == "lfsFile":
         if value["oid"] not in lfs_objects:
             raise HubError(400, f"LFS object {value['oid']} of {value['path']} was not uploaded")

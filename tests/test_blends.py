@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import needs_shared
 import typer
 from typer.testing import CliRunner
 
@@ -15,6 +16,7 @@ from lucie_nemo.data.blends import BLEND_FILES, Blend, phase_blend, read_blend_f
 from lucie_nemo.errors import UserError
 
 ORIGINALS = Path(__file__).resolve().parents[1].parent / "shared" / "lucie" / "data"
+pytestmark = needs_shared
 ROOT = Path("/data/lucie")
 ANNEALING = [
     (0.200, "lucie_tokens_65k_annealing/OpenWebMath--en_text_document"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import re
@@ -14,7 +15,28 @@ from lucie_nemo import cpu_support
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU redirects apply only without CUDA")
 
-CUDA_ONLY = re.compile(r"torch\.cuda\.|device=[\"']cuda[\"']")
+# One upstream call-site per redirected module: (function or Class.method, the CUDA use in its code).
+CUDA_CALL_SITES: dict[str, tuple[str, str]] = {
+    "megatron.bridge.training.setup": ("setup", 'device="cuda"'),
+    "megatron.bridge.training.checkpointing": ("get_rng_state", "torch.cuda.get_rng_state"),
+    "megatron.bridge.training.utils.train_utils": ("training_log", 'device="cuda"'),
+    "megatron.bridge.data.loaders": ("build_train_valid_test_data_loaders", 'device="cuda"'),
+    "megatron.core.timers": ("Timer.start", "torch.cuda.synchronize"),
+    "megatron.training.models.dist_utils": ("_ddp_wrap", "torch.cuda.Stream"),
+    "megatron.core.distributed.param_and_grad_buffer": ("_ParamAndGradBucketGroup.start_grad_sync",
+                                                        "torch.cuda.current_stream"),
+    "megatron.core.optimizer.optimizer": ("MixedPrecisionOptimizer.__init__", 'device="cuda"'),
+    "megatron.core.optimizer.clip_grads": ("get_grad_norm_fp32", 'device="cuda"'),
+    "megatron.core.pipeline_parallel.schedules": ("forward_backward_no_pipelining", 'device="cuda"'),
+    "megatron.core.pipeline_parallel.p2p_communication": ("P2PCommunicator._communicate", "torch.cuda.current_device"),
+    "megatron.core.models.common.embeddings.rotary_pos_embedding": ("RotaryEmbedding.get_emb",
+                                                                    "torch.cuda.current_device"),
+    "megatron.core.utils": ("GlobalMemoryBuffer.get_tensor", "torch.cuda.current_device"),
+    "megatron.core.transformer.utils": ("get_default_causal_mask", 'device="cuda"'),
+    "megatron.core.dist_checkpointing.strategies.filesystem_async": ("FileSystemWriterAsync.preload_tensors",
+                                                                     "torch.cuda.synchronize"),
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver": ("verify_global_md_reuse", 'device="cuda"'),
+}
 
 
 def _source(qualified: str) -> str:
@@ -24,10 +46,37 @@ def _source(qualified: str) -> str:
     return inspect.getsource(inspect.unwrap(target) if callable(target) else target)
 
 
-@pytest.mark.parametrize("module_name", sorted(cpu_support.TORCH_REDIRECTED_MODULES))
+def cuda_uses(source: str, qualname: str) -> set[str]:
+    """The CUDA uses in the code (not docstrings or comments) of function ``qualname`` of a module's ``source``:
+    ``torch.cuda.X`` attributes and ``device="cuda"`` arguments."""
+    scope: ast.AST = ast.parse(source)
+    for name in qualname.split("."):
+        scope = next(node for node in ast.iter_child_nodes(scope)
+                     if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name == name)
+    uses = set()
+    for node in ast.walk(scope):
+        if isinstance(node, ast.Attribute) and re.fullmatch(r"torch\.cuda\.\w+", ast.unparse(node)):
+            uses.add(ast.unparse(node))
+        if isinstance(node, ast.keyword) and node.arg == "device" and ast.unparse(node.value) == "'cuda'":
+            uses.add('device="cuda"')
+    return uses
+
+
+def test_every_redirected_module_has_a_pinned_call_site():
+    assert set(CUDA_CALL_SITES) == set(cpu_support.TORCH_REDIRECTED_MODULES)
+
+
+def test_pin_ignores_docstrings_and_comments():
+    source = 'def f():\n    """Calls torch.cuda.synchronize() on device="cuda"."""\n    return 1  # torch.cuda.synchronize()\n'
+    assert cuda_uses(source, "f") == set()
+    assert cuda_uses(source.replace("return 1", "torch.cuda.synchronize()"), "f") == {"torch.cuda.synchronize"}
+
+
+@pytest.mark.parametrize("module_name", sorted(CUDA_CALL_SITES))
 def test_torch_redirected_module_still_uses_cuda(megatron_runtime, module_name):
-    """If this fails, upstream no longer calls CUDA there: drop the module from the list."""
-    assert CUDA_ONLY.search(_source(module_name)), f"{module_name} has no CUDA call left"
+    """If this fails, upstream no longer calls CUDA there: re-check the redirect, drop it if nothing else needs it."""
+    function, use = CUDA_CALL_SITES[module_name]
+    assert use in cuda_uses(_source(module_name), function), f"{module_name}:{function} no longer uses {use}"
 
 
 @pytest.mark.parametrize("module_name", sorted(cpu_support.TORCH_REDIRECTED_MODULES))

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import needs_shared
 import typer
 from tokenizers import Tokenizer
 from typer.testing import CliRunner
@@ -20,6 +21,7 @@ from lucie_nemo.errors import UserError
 from original_rules import original_ids
 
 TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "lucie" / "tokenizer"
+pytestmark = needs_shared
 
 DOCUMENTS = [
     "Quelle est la capitale de la France ?\nParis. « L’été — c’est “chaud” », dit-elle (à 14 h 30).",

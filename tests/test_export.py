@@ -171,6 +171,60 @@ def test_foreign_and_non_lucie_checkpoints_are_refused(converter_runs, tmp_path)
         export_checkpoint(biased, tmp_path / "o2", phase="pretrain", tokenizer=str(SHARED_TOKENIZER))
 
 
+def _edit_run_config(old: str, new: str):
+    def damage(ckpt: Path) -> None:
+        text = (ckpt / "run_config.yaml").read_text()
+        assert text.count(old) == 1, old
+        (ckpt / "run_config.yaml").write_text(text.replace(old, new))
+    return damage
+
+
+def _extra_tensor(ckpt: Path) -> None:
+    tensors = read_global(ckpt, MODEL_KEYS)
+    tensors["decoder.layers.self_attention.q_layernorm.weight"] = torch.ones(2, 32)
+    for file in [*ckpt.glob("*.distcp"), ckpt / ".metadata"]:
+        file.unlink()
+    dcp.save(tensors, checkpoint_id=str(ckpt))
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (_edit_run_config("\n  normalization: RMSNorm\n", "\n  normalization: LayerNorm\n"),
+     "has normalization='LayerNorm', a Lucie model has 'RMSNorm'"),
+    (_edit_run_config("_target_: torch.nn.functional.silu", "_target_: torch.nn.functional.gelu"),
+     "uses activation 'torch.nn.functional.gelu', Lucie uses silu"),
+    (_extra_tensor, r"holds tensors a Lucie model has not \(decoder.layers.self_attention.q_layernorm.weight\)"),
+    (_edit_run_config("\n  num_moe_experts: null\n", "\n  num_moe_experts: 8\n"),
+     "has num_moe_experts=8, a Lucie model has None"),
+    (_edit_run_config("\n  qk_layernorm: false\n", "\n  qk_layernorm: true\n"),
+     "has qk_layernorm=True, a Lucie model has False"),
+])
+def test_non_lucie_architectures_are_refused(converter_runs, tmp_path, damage, message):
+    from converters.export import export_checkpoint
+    from lucie_nemo.errors import UserError
+
+    ckpt = tmp_path / "iter_0000002"
+    shutil.copytree(converter_runs["trained"] / "iter_0000002", ckpt)
+    damage(ckpt)
+    with pytest.raises(UserError, match=message):
+        export_checkpoint(ckpt, tmp_path / "out", phase="pretrain", tokenizer=str(SHARED_TOKENIZER))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["iter_0000002"]
+
+
+def test_tokenizer_larger_than_the_vocabulary_is_refused(converter_runs, tmp_path):
+    from converters.export import export_checkpoint
+    from lucie_nemo.errors import UserError
+
+    tokenizer = json.loads((SHARED_TOKENIZER / "tokenizer.json").read_text("utf-8"))
+    tokenizer["added_tokens"].append({"id": 65_024, "content": "<|extra|>", "single_word": False, "lstrip": False,
+                                      "rstrip": False, "normalized": False, "special": True})
+    (tmp_path / "larger").mkdir()
+    (tmp_path / "larger" / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(UserError, match=r"tokenizer \S+ has 65025 entries, the model's vocabulary 65024: "
+                                        "pass the tokenizer it was trained with"):
+        export_checkpoint(converter_runs["trained"], tmp_path / "out", phase="pretrain", tokenizer=str(tmp_path / "larger"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_tokenizer_wrong_step_and_existing_output_are_refused(converter_runs, exported, tmp_path):
     from converters.export import export_checkpoint
     from lucie_nemo.errors import UserError
@@ -217,11 +271,9 @@ def test_nemo2_folder_exports_like_the_training_checkpoint(converter_runs, expor
         assert (tmp_path / "out" / shard.name).read_bytes() == shard.read_bytes()
 
 
-def test_per_layer_local_names_export_like_stacked_te_names(converter_runs, exported, tmp_path):
-    """Checkpoints with one tensor per layer and the local spec's norm names read the same."""
-    from converters.export import export_checkpoint
-
-    stacked = read_global(converter_runs["trained"] / "iter_0000002", MODEL_KEYS)
+def per_layer_checkpoint(stacked_iteration: Path, ckpt: Path) -> Path:
+    """``stacked_iteration``'s model tensors saved one tensor per layer under the local spec's norm names."""
+    stacked = read_global(stacked_iteration, MODEL_KEYS)
     local = {"self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
              "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight"}
     per_layer = {}
@@ -231,9 +283,16 @@ def test_per_layer_local_names_export_like_stacked_te_names(converter_runs, expo
             per_layer |= {f"decoder.layers.{i}.{local.get(name, name)}": tensor[i].clone() for i in range(tensor.shape[0])}
         else:
             per_layer[key] = tensor
-    ckpt = tmp_path / "iter_0000002"
     dcp.save(per_layer, checkpoint_id=str(ckpt))
-    shutil.copy(converter_runs["trained"] / "iter_0000002" / "run_config.yaml", ckpt)
+    shutil.copy(stacked_iteration / "run_config.yaml", ckpt)
+    return ckpt
+
+
+def test_per_layer_local_names_export_like_stacked_te_names(converter_runs, exported, tmp_path):
+    """Checkpoints with one tensor per layer and the local spec's norm names read the same."""
+    from converters.export import export_checkpoint
+
+    ckpt = per_layer_checkpoint(converter_runs["trained"] / "iter_0000002", tmp_path / "iter_0000002")
     export_checkpoint(ckpt, tmp_path / "out", phase="pretrain", tokenizer=str(SHARED_TOKENIZER), shard_size="10MB", progress=False)
     for shard in sorted(exported.glob("*.safetensors")):
         assert (tmp_path / "out" / shard.name).read_bytes() == shard.read_bytes()

@@ -180,14 +180,12 @@ def test_folder_revision_is_read_from_config():
     from lucie_nemo.errors import UserError
     from lucie_nemo.hf_config import hf_config
     from lucie_nemo.phases import ANNEAL, EXTENSION, PRETRAIN
-    from lucie_nemo.schedule import PhaseSchedule
 
     assert folder_revision(hf_config(PRETRAIN, 5_000)) == "step0005000"
     assert folder_revision(hf_config(EXTENSION, 250)) == "extension_step0000250"
     assert folder_revision(hf_config(ANNEAL, 500)) == "annealing_step0000500"
     last_extension = hf_config(EXTENSION)  # the same cumulative step, RoPE and context as annealing step 0
-    assert folder_revisions(last_extension) == [EXTENSION.revision(PhaseSchedule(EXTENSION).train_iters),
-                                                ANNEAL.revision(0)]
+    assert folder_revisions(last_extension) == ["extension_step0001220", "annealing_step0000000"]
     with pytest.raises(UserError, match="pass --revision"):
         folder_revision(last_extension)
     with pytest.raises(UserError, match="no step of a Lucie phase"):
@@ -213,3 +211,21 @@ def test_an_unreachable_hub_is_a_clear_error(exported, empty_hub):
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
     result = publish_here(exported, "--repo", REPO_ID, "--endpoint", closed)
     assert result.exit_code == 2 and f"cannot reach {closed}" in result.output
+
+
+def test_a_new_branch_keeps_mains_extra_files_and_hidden_files_stay_home(exported, tmp_path):
+    """A branch starts from main (its LICENSE stays); .cache/ and other hidden files of the folder are not sent."""
+    folder = tmp_path / "step2"
+    shutil.copytree(exported, folder)
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "x").write_text("local state")
+    (folder / ".hidden").write_text("local note")
+    with FakeHub() as hub:
+        hub.add_repo(REPO_ID, {"LICENSE": b"Apache-2.0\n"})
+        env = {**os.environ, "HF_TOKEN": hub.token, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_XET": "1",
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        command = [sys.executable, "-m", "lucie_nemo.cli", "publish", str(folder), "--repo", REPO_ID, "--endpoint", hub.url]
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert hub.files(REPO_ID, "main") == {".gitattributes": GITATTRIBUTES, "LICENSE": b"Apache-2.0\n"}
+        assert branch_digests(hub, "step0000002") == {**digests(exported), "LICENSE": sha256(b"Apache-2.0\n")}

@@ -107,3 +107,28 @@ def test_vocab_must_split_over_tp(recipes):
     cfg.model.pipeline_model_parallel_size = 1
     with pytest.raises(UserError, match="model.vocab_size 65024 is not divisible by TP 3"):
         check_layout(cfg, 3)
+
+
+def test_rampup_stage_that_breaks_the_layout_is_named(recipes):
+    """Micro 2 x DP 64 = 128 divides the final batch 1,024 but not the rampup stage 256 + 64 = 320."""
+    from lucie_nemo.validation import validate_config
+
+    cfg = recipes["pretrain"](nodes=256)
+    assert cfg.train.global_batch_size % 128 == 0
+    with pytest.raises(UserError, match=r"train.global_batch_size: batch 320 is not divisible by "
+                                        r"train.micro_batch_size x DP = 2 x 64 = 128"):
+        validate_config(cfg, 1_024)
+
+
+@pytest.mark.parametrize(("tp", "pp", "message"), [
+    (4, 3, "model.num_layers 32 is not divisible by PP 3"),
+    (64, 1, "model.num_attention_heads 32 is not divisible by TP 64"),
+    (16, 1, "model.num_query_groups 8 is not divisible by TP 16"),
+])
+def test_layers_and_heads_must_split_over_the_layout(recipes, tp, pp, message):
+    from lucie_nemo.validation import validate_config
+
+    cfg = recipes["pretrain"]()
+    cfg.model.tensor_model_parallel_size, cfg.model.pipeline_model_parallel_size = tp, pp
+    with pytest.raises(UserError, match=message):
+        validate_config(cfg, tp * pp * 32)

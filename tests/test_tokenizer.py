@@ -10,6 +10,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from conftest import needs_shared
 import typer
 from tokenizers import Tokenizer, models
 from typer.testing import CliRunner
@@ -29,6 +30,7 @@ from lucie_nemo.tokenizer import (
 )
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "lucie" / "tokenizer"
+pytestmark = needs_shared
 
 SAMPLES = {
     "fr": "Quelle est la capitale de la France ?\nParis. « L’hiver 1954 », l'abbé Pierre (1912-2007) a dit : "
@@ -228,3 +230,32 @@ def test_cli_export_bad_source(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert f"error: {tmp_path} has no tokenizer.json" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def _post_processor_adds_eos(tokenizer: dict) -> str:
+    processor = tokenizer["post_processor"]
+    processor["single"].append({"SpecialToken": {"id": "</s>", "type_id": 0}})
+    processor["special_tokens"]["</s>"] = {"id": "</s>", "ids": [EOS_ID], "tokens": ["</s>"]}
+    return r"encodes 'Bonjour' as \[0, 46276, 1\], Lucie adds <s> and not </s>"
+
+
+def _no_byte_fallback(tokenizer: dict) -> str:
+    tokenizer["model"]["byte_fallback"] = False
+    return "tokenizer model is not a byte-fallback BPE"
+
+
+def _byte_token_moved(tokenizer: dict) -> str:
+    vocab = tokenizer["model"]["vocab"]
+    assert (vocab["<0x41>"], vocab["▁▁"]) == (69, 301)
+    vocab["<0x41>"], vocab["▁▁"] = 301, 69
+    return "tokenizer maps <0x41> to id 301, Lucie needs 69"
+
+
+@pytest.mark.parametrize("edit", [_post_processor_adds_eos, _no_byte_fallback, _byte_token_moved])
+def test_load_tokenizer_refuses_edited_lucie_layout(tmp_path: Path, edit) -> None:
+    """The real tokenizer.json with one layout rule broken is refused, naming the rule."""
+    tokenizer = json.loads((SHARED / "tokenizer.json").read_text("utf-8"))
+    message = edit(tokenizer)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        load_tokenizer(tmp_path)

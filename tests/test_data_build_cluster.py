@@ -153,3 +153,27 @@ def test_bad_input_is_one_error_line(hub, tmp_path, monkeypatch, args, message):
     result = dry_run(hub, "pretrain", tmp_path / "data", *args)
     assert result.exit_code == 2, result.output
     assert result.output.startswith(message) and result.output.count("\n") == 1, result.output
+
+
+def test_submission_makes_the_blend_job_afterok_on_every_job(hub, site_config, tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sbatch_calls"
+    sbatch = bin_dir / "sbatch"  # prints job ids 101, 102, ... like `sbatch --parsable`; nemo-run submits the
+    # jobs of one level in parallel threads: the lock keeps the count atomic
+    sbatch.write_text(f'#!/bin/bash\nexec 9>{calls}.lock\nflock 9\necho "$*" >> {calls}\n'
+                      f'echo $((100 + $(wc -l < {calls})))\n')
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    result = CliRunner().invoke(data_app, [
+        "build", "pretrain", "--data-root", str(tmp_path / "data"), "--endpoint", hub.url, "--cluster", "jz",
+        "--site-config", str(site_config), "--task-gb", "0.000001", "--only", "Wikipedia--fr", "--only", "TheStack--python"])
+    assert result.exit_code == 0, result.output
+    submitted = {line.split()[-1].rsplit("/", 1)[-1].removesuffix("_sbatch.sh"): line
+                 for line in calls.read_text().splitlines()}  # the two data jobs go in parallel, in any order
+    ids = dict(line.split(": Slurm job ") for line in result.stdout.splitlines() if ": Slurm job " in line)
+    assert sorted(ids) == sorted(submitted) == ["data-001", "data-002", "data-blend"]
+    assert ids == {name: str(101 + order) for order, name in enumerate(submitted)} and ids["data-blend"] == "103"
+    assert "--dependency" not in submitted["data-001"] + submitted["data-002"]
+    dependency = next(word for word in submitted["data-blend"].split() if word.startswith("--dependency="))
+    assert sorted(dependency.removeprefix("--dependency=afterok:").split(":")) == ["101", "102"]

@@ -35,7 +35,8 @@ class TrainingJob:
     summary: str  # one line for the script's header, e.g. "pretrain: 128 nodes x 4 GPUs, TP4 PP4 DP32"
 
 
-def _experiment(site: Site, title: str) -> run.Experiment:
+def new_experiment(site: Site, title: str) -> run.Experiment:
+    """A nemo-run Experiment whose scripts and logs go under the site's jobs folder."""
     return run.Experiment(
         title, base_dir=site.jobs_folder, clean_mode=True, enable_goodbye_message=False, skip_status_at_exit=True
     )
@@ -67,7 +68,7 @@ def dry_run(site: Site, profile: Profile, jobs: list[TrainingJob], title: str) -
     """Write the sbatch script of each job without submitting anything; returns their paths."""
     if not profile.slurm:
         raise UserError("--dry-run renders Slurm scripts; the local profile has none: run it without --dry-run")
-    exp = _experiment(site, title)
+    exp = new_experiment(site, title)
     with exp:
         after = None
         for job in jobs:
@@ -92,7 +93,7 @@ def submit(site: Site, profile: Profile, jobs: list[TrainingJob], title: str) ->
         for job in jobs:
             _run_locally(site, profile, job, f"lucie-{job.name}")
         return []
-    exp = _experiment(site, title)
+    exp = new_experiment(site, title)
     with exp:
         after = None
         for job in jobs:
@@ -107,7 +108,7 @@ def submit(site: Site, profile: Profile, jobs: list[TrainingJob], title: str) ->
 
 
 def _run_locally(site: Site, profile: Profile, job: TrainingJob, title: str) -> None:
-    exp = _experiment(site, title)
+    exp = new_experiment(site, title)
     with exp:
         _add(exp, site, profile, job, None)
         exp.run(detach=False, tail_logs=True)

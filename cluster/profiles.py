@@ -115,28 +115,30 @@ def load_site(cluster: str, config: Path | None = None, **flags: Any) -> tuple[S
     return site, profile
 
 
-def _slurm_executor(site: Site, nodes: int, **container: Any) -> run.SlurmExecutor:
+def _slurm_executor(site: Site, nodes: int, cpu_only: bool = False, **container: Any) -> run.SlurmExecutor:
     # Packager: the base run.Packager() packs nothing. The nodes run lucie-nemo from an install on
     # the cluster (the site's virtualenv, or the container), not from a git archive of this checkout:
     # nemo-run's default GitArchivePackager would drop uncommitted changes and needs a git checkout.
-    gpus = site.gpus_per_node
+    # cpu_only (data preparation): one plain task on each whole node, no GPU, no GPU constraint, no torchrun.
+    gpus = None if cpu_only else site.gpus_per_node
+    sbatch = {**site.sbatch, "exclusive": True} if cpu_only else site.sbatch
     return run.SlurmExecutor(
         account=site.account,
         partition=site.partition,
         qos=site.qos,
-        constraint=site.constraint,
+        constraint=None if cpu_only else site.constraint,
         cpus_per_task=site.cpus_per_task,
         mem=site.mem,
         nodes=nodes,
-        ntasks_per_node=gpus,
+        ntasks_per_node=1 if cpu_only else gpus,
         gpus_per_node=gpus,
         torchrun_nproc_per_node=gpus,
         time=site.walltime,
         signal=f"TERM@{site.sigterm_seconds}",
-        additional_parameters={"kill_on_invalid_dep": "yes", **site.sbatch},
+        additional_parameters={"kill_on_invalid_dep": "yes", **sbatch},
         env_vars={key: shlex.quote(str(value)) for key, value in site.env.items()},
         job_name_prefix="lucie-",
-        launcher="torchrun",
+        launcher=None if cpu_only else "torchrun",
         packager=run.Packager(),
         tunnel=run.LocalTunnel(job_dir=f"{site.jobs_folder}/experiments"),
         poll_estimated_start_time=False,
@@ -144,20 +146,20 @@ def _slurm_executor(site: Site, nodes: int, **container: Any) -> run.SlurmExecut
     )
 
 
-def _jeanzay(site: Site, nodes: int) -> run.SlurmExecutor:
-    return _slurm_executor(site, nodes)
+def _jeanzay(site: Site, nodes: int, cpu_only: bool = False) -> run.SlurmExecutor:
+    return _slurm_executor(site, nodes, cpu_only)
 
 
-def _pyxis(site: Site, nodes: int) -> run.SlurmExecutor:
+def _pyxis(site: Site, nodes: int, cpu_only: bool = False) -> run.SlurmExecutor:
     # The runs, the data and the virtualenv are seen inside the container at the same paths.
     mounts = list(site.container_mounts)
     for path in (site.output_root, site.data_root, site.venv):
         if path and f"{path}:{path}" not in mounts:
             mounts.append(f"{path}:{path}")
-    return _slurm_executor(site, nodes, container_image=site.container_image, container_mounts=mounts)
+    return _slurm_executor(site, nodes, cpu_only, container_image=site.container_image, container_mounts=mounts)
 
 
-def _local(site: Site, nodes: int) -> run.LocalExecutor:
+def _local(site: Site, nodes: int, cpu_only: bool = False) -> run.LocalExecutor:
     # torchrun and lucie from the site's environment (default: the one running this command).
     return run.LocalExecutor(
         ntasks_per_node=max(site.gpus_per_node, 1),
@@ -166,12 +168,12 @@ def _local(site: Site, nodes: int) -> run.LocalExecutor:
     )
 
 
-EXECUTORS: dict[str, Callable[[Site, int], run.Executor]] = {"jeanzay": _jeanzay, "pyxis": _pyxis, "local": _local}
+EXECUTORS: dict[str, Callable[..., run.Executor]] = {"jeanzay": _jeanzay, "pyxis": _pyxis, "local": _local}
 
 
-def executor(site: Site, nodes: int) -> run.Executor:
-    """The nemo-run executor for ``nodes`` nodes of ``site``."""
-    return EXECUTORS[site.profile](site, nodes)
+def executor(site: Site, nodes: int, cpu_only: bool = False) -> run.Executor:
+    """The nemo-run executor for ``nodes`` nodes of ``site`` (``cpu_only``: whole nodes, no GPU, no torchrun)."""
+    return EXECUTORS[site.profile](site, nodes, cpu_only)
 
 
 def setup_lines(site: Site) -> list[str]:

@@ -32,9 +32,9 @@ def hub(monkeypatch, tmp_path):
         yield running
 
 
-def build(hub: DatasetHub, phase: str, root: Path, *only: str):
+def build(hub: DatasetHub, phase: str, root: Path, *only: str, step: str = "all"):
     arguments = ["build", phase, "--data-root", str(root), "--tokenizer", str(TOKENIZER), "--endpoint", hub.url,
-                 "--workers", "1", "--no-progress", *(f"--only={name}" for name in only)]
+                 "--workers", "1", "--no-progress", "--step", step, *(f"--only={name}" for name in only)]
     return CliRunner().invoke(data_app, arguments)
 
 
@@ -137,4 +137,20 @@ def test_bad_input_is_one_error_line(hub, tmp_path):
     for result, message in cases:
         assert result.exit_code == 2, result.output
         assert result.output.startswith(message) and result.output.count("\n") == 1, result.output
-    assert "has no column 'text' (columns: content)" in cases[-1][0].output
+    assert "has no column 'text' (columns: content): re-download it (delete it and rerun) or check --revision" \
+        in cases[-1][0].output  # a fix `data build` has (it has no --text-field)
+
+
+def test_steps_build_the_datasets_then_write_the_blend(hub, tmp_path):
+    """The cluster's jobs: `--step datasets` builds without a blend file, `--step blend` builds nothing."""
+    root = tmp_path / "root"
+    early = build(hub, "anneal", root, "Wikipedia--fr", step="blend")
+    assert early.exit_code == 2 and early.output.startswith(
+        f"error: 1 dataset(s) of the anneal blend are not built, e.g. {GROUPED}/Wikipedia--fr_text_document"), early.output
+    assert not (root / GROUPED).exists()
+    datasets = build(hub, "anneal", root, "Wikipedia--fr", step="datasets")
+    assert datasets.exit_code == 0 and f"built: {GROUPED}/Wikipedia--fr_text_document" in datasets.output
+    assert not (root / "blend-anneal.txt").exists()
+    blend = build(hub, "anneal", root, "Wikipedia--fr", step="blend")
+    assert blend.exit_code == 0 and "built:" not in blend.output, blend.output
+    assert (root / "blend-anneal.txt").read_text() == f"1.0 {GROUPED}/Wikipedia--fr_text_document\n"

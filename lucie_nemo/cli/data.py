@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from lucie_nemo.cli.errors import user_errors
+from lucie_nemo.errors import UserError
 from lucie_nemo.data.demo_corpus import DEFAULT_MAX_MB
 
 UNUSED_SHOWN = 20  # unused dataset files listed in the text report
@@ -133,21 +134,89 @@ def build(
         str | None, typer.Option(help="Hub URL.", show_default="HF_ENDPOINT, else https://huggingface.co")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    step: Annotated[str, typer.Option(help="all; datasets (build, no blend file); blend (write and check the "
+                                           "blend file of datasets already built).")] = "all",
+    cluster: Annotated[str | None, typer.Option(help="Build as Slurm jobs on this profile or site-config table "
+                                                     "(as `lucie launch`).", show_default="here")] = None,
+    site_config: Annotated[Path | None, typer.Option(help="Site TOML (default ~/.config/lucie-nemo/clusters.toml)")] = None,
+    task_gb: Annotated[float, typer.Option(help="With --cluster: GB of Parquet input per job (one node each).")] = 200.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --cluster: write the sbatch scripts, print their "
+                                                            "paths, submit nothing.")] = False,
+    account: Annotated[str | None, typer.Option(help="With --cluster: Slurm account.")] = None,
+    partition: Annotated[str | None, typer.Option(help="With --cluster: Slurm partition (a CPU one).")] = None,
+    qos: Annotated[str | None, typer.Option(help="With --cluster: Slurm QoS.")] = None,
+    walltime: Annotated[str | None, typer.Option(help="With --cluster: job time limit, HH:MM:SS.")] = None,
 ) -> None:
     """Download the public Lucie dataset's files of a phase's blend and tokenize them into DATA_ROOT.
 
     Complete prefixes are skipped and an interrupted one resumes: rerun the same command after a failure.
     Ends by writing DATA_ROOT/blend-PHASE.txt (the built prefixes, renormalized weights) and checking it.
+    With --cluster: one Slurm job per --task-gb of input on a whole node, then one job afterok on all of
+    them that writes and checks the blend file.
     """
     with user_errors():
         from lucie_nemo.data.build import BuildConfig, build_phase
         from lucie_nemo.tokenizer import DEFAULT_TOKENIZER
 
         config = BuildConfig(phase, data_root, str(tokenizer or DEFAULT_TOKENIZER), dataset, revision, endpoint,
-                             tuple(only or ()), workers, progress)
+                             tuple(only or ()), workers=workers, progress=progress, step=step)
+        if cluster is not None:
+            slurm = dict(account=account, partition=partition, qos=qos, walltime=walltime)
+            _build_on_cluster(config, cluster, site_config, task_gb, dry_run, slurm, tokenizer is not None)
+            return
+        if dry_run:
+            raise UserError("--dry-run writes Slurm scripts: give --cluster NAME too")
         blend_file = build_phase(config, echo=typer.echo)
+        if blend_file is None:
+            typer.echo("datasets built; write and check the blend file with --step blend")
+            return
         typer.echo(f"blend checked: {blend_file} (lucie data blend {phase} --data-root {data_root} "
                    f"--blend-file {blend_file} --check)")
+
+
+def _build_on_cluster(config, cluster: str, site_config: Path | None, task_gb: float, dry_run: bool,
+                      slurm: dict, tokenizer_given: bool) -> None:
+    """Submit (or render, --dry-run) the build's Slurm jobs; their arguments repeat this command's."""
+    import logging
+
+    from cluster.data_jobs import build_jobs, render, require_slurm, submit
+    from cluster.placeholders import DRY_RUN_FOLDER, mark_scripts, notice, placeholder_values
+    from cluster.profiles import load_site
+    from lucie_nemo.data.build import build_tasks
+    from lucie_nemo.data.sources import list_dataset_files, phase_sources
+
+    if config.step != "all":
+        raise UserError("--cluster runs every step itself: leave out --step")
+    data_root = str(config.data_root.absolute())
+    placeholders = placeholder_values(cluster, site_config, slurm) if dry_run else {}
+    # data_root: the pyxis profile mounts it into the container
+    flags = {key: value for key, value in slurm.items() if value is not None} | {"data_root": data_root}
+    if placeholders:
+        flags["job_root"] = str(Path.cwd() / DRY_RUN_FOLDER)
+    site, profile = load_site(cluster, site_config, **(placeholders | flags))
+    require_slurm(profile)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # nemo-run's import logs every request at INFO
+    files = list_dataset_files(config.dataset, config.revision, config.endpoint)
+    report = phase_sources(config.phase, files, config.dataset, config.revision, only=config.only)
+    common = ["--data-root", data_root, "--dataset", config.dataset,
+              "--revision", config.revision]
+    common += ["--tokenizer", config.tokenizer] if tokenizer_given else []
+    common += ["--endpoint", config.endpoint] if config.endpoint else []
+    common += ["--workers", str(config.workers)] if config.workers else []
+    jobs = build_jobs(config.phase, common, build_tasks(report.sources), int(task_gb * 1e9), config.only)
+    title = f"lucie-data-{config.phase}"
+    for job in jobs:
+        typer.echo(f"# {job.summary}")
+    if dry_run:
+        paths = render(site, jobs, title)
+        if placeholders:
+            mark_scripts(paths, placeholders)
+            typer.echo("\n".join(notice(placeholders)), err=True)
+        for path in paths:
+            typer.echo(str(path))
+        return
+    for name, job_id in submit(site, jobs, title):
+        typer.echo(f"{name}: Slurm job {job_id}")
 
 
 def _where(source) -> str:

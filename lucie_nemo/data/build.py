@@ -8,7 +8,9 @@ its filter (Claire subsets, into ``DATA_ROOT/.build/filtered/``), and tokenize t
 at 4,096 tokens. A prefix whose outputs are complete (``.bin``, ``.idx`` and a stats file that agrees with
 them) is skipped, and `prepare_data` resumes an interrupted one, so a killed build rerun gives the same
 bytes. The build ends by writing ``DATA_ROOT/blend-PHASE.txt`` (the built prefixes, weights renormalized
-when some prefix has no public data) and checking it as ``lucie data blend --check`` does.
+when some prefix has no public data) and checking it as ``lucie data blend --check`` does. The two steps
+also run alone (``step``): the Slurm jobs of ``cluster/data_jobs.py`` build the datasets, then one job
+writes and checks the blend file.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lucie_nemo.errors import UserError
 
 SPLIT_FOLDER = re.compile(r"^(?P<root>.+)/length-(?P<low>\d+)-(?P<high>\d+|inf)$")
 BUILD_FOLDER = ".build"  # downloads and filtered inputs, under the data root
+STEPS = ("all", "datasets", "blend")  # build and write the blend file; only build; only write and check it
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class BuildConfig:
     revision: str = REVISION
     endpoint: str | None = None
     only: tuple[str, ...] = ()  # prefixes or dataset names; all of the blend's when empty
+    step: str = "all"  # "datasets": build without writing the blend file; "blend": only write and check it
     workers: int | None = None
     progress: bool = True
 
@@ -135,23 +139,25 @@ def download(config: BuildConfig, files: list[str]) -> Path:
 
 def filtered_input(task: BuildTask, local: Path, work: Path) -> list[Path]:
     """The task's Parquet files, or for a row filter one Parquet file of the matching rows' text."""
-    paths = [local / path for path in task.files]
-    if not task.row_filter:
-        return paths
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    paths = [local / path for path in task.files]
+    needed = ("text", "extra") if task.row_filter else ("text",)
+    for path in paths:  # the dataset's own columns: a file without them is damaged or of another revision
+        columns = pq.read_schema(path).names
+        for column in needed:
+            if column not in columns:
+                raise UserError(f"Parquet file {path} has no column {column!r} (columns: {', '.join(columns)}): "
+                                "re-download it (delete it and rerun) or check --revision")
+    if not task.row_filter:
+        return paths
     out = work / f"{PurePosixPath(task.output_prefix).name}.parquet"
     if out.is_file():
         return [out]
     wanted = dict(task.row_filter)
     texts: list[str] = []
     for path in paths:
-        columns = pq.read_schema(path).names
-        for column in ("text", "extra"):
-            if column not in columns:
-                raise UserError(f"Parquet file {path} has no column {column!r} (columns: {', '.join(columns)}): "
-                                "re-download it (delete it and rerun) or check --revision")
         table = pq.read_table(path, columns=["text", "extra"])
         for text, extra in zip(table.column("text").to_pylist(), table.column("extra").to_pylist()):
             fields = json.loads(extra) if extra else {}
@@ -164,8 +170,11 @@ def filtered_input(task: BuildTask, local: Path, work: Path) -> list[Path]:
     return [out]
 
 
-def build_phase(config: BuildConfig, echo=print) -> Path:
-    """Download and prepare every prefix of the phase; returns the blend file written and checked."""
+def build_phase(config: BuildConfig, echo=print) -> Path | None:
+    """Download and prepare every prefix of the phase; returns the blend file written and checked (None
+    for the ``datasets`` step). The ``blend`` step builds nothing: it refuses an incomplete prefix."""
+    if config.step not in STEPS:
+        raise UserError(f"unknown step {config.step!r}: choose one of {', '.join(STEPS)}")
     check_writable(config.data_root)
     files = list_dataset_files(config.dataset, config.revision, config.endpoint)
     report = phase_sources(config.phase, files, config.dataset, config.revision, only=config.only)
@@ -176,6 +185,9 @@ def build_phase(config: BuildConfig, echo=print) -> Path:
     for task in tasks:
         if task not in pending:
             echo(f"complete: {task.output_prefix}")
+    if pending and config.step == "blend":
+        raise UserError(f"{len(pending)} dataset(s) of the {config.phase} blend are not built, e.g. "
+                        f"{pending[0].output_prefix}: build them first (the same command with --step all)")
     if pending:
         local = download(config, sorted({path for task in pending for path in task.files}))
         for task in pending:
@@ -185,6 +197,8 @@ def build_phase(config: BuildConfig, echo=print) -> Path:
                 workers=config.workers or default_workers(), split_at=task.split_at, progress=config.progress,
             ))
             echo(f"built: {task.output_prefix}")
+    if config.step == "datasets":
+        return None
     return write_checked_blend(config, report.sources)
 
 

@@ -1,4 +1,5 @@
-"""Walltime -> timed stop, and the batch script's requeue / retry-limit logic, run in bash with a fake scontrol."""
+"""Walltime -> timed stop, and the requeue / retry-limit logic, run in bash with a fake scontrol in a minimal
+script; tests/test_requeue_rendered.py runs the script that `lucie launch --dry-run` renders."""
 
 from __future__ import annotations
 
@@ -110,10 +111,14 @@ def test_progress_resets_the_retry_count(tmp_path):
 
 def test_cancelled_job_is_not_requeued(tmp_path):
     job = FakeJob(tmp_path)
-    job._write("sleep 30 & wait $!")  # srun runs in the foreground on a cluster; scancel kills it too
+    started = tmp_path / "started"
+    job._write(f"touch {started}; sleep 30 & wait $!")  # srun runs in the foreground; scancel kills it too
     process = subprocess.Popen(["bash", str(job.script)], env=job.env, stdout=subprocess.PIPE, text=True,
                                start_new_session=True)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not started.exists():  # the trap is set before the step starts
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
     os.killpg(process.pid, signal.SIGTERM)  # scancel: SIGTERM to the batch shell and its steps
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 1

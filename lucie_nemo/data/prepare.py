@@ -422,13 +422,14 @@ def _merge_parts(work: Path, count: int, key: str, prefix: Path, dtype: type, ex
     for index in range(count):
         builder.add_index(str(_part_prefix(work, index, key)))
     builder.finalize(f"{tmp}.idx")
-    _verify(tmp, expected, dtype)
+    _verify(tmp, expected, dtype, work)
     os.replace(f"{tmp}.bin", f"{prefix}.bin")
     os.replace(f"{tmp}.idx", f"{prefix}.idx")
 
 
-def _verify(prefix: str, expected: OutputStats, dtype: type) -> None:
-    """Read a merged dataset back and compare its documents and tokens with the shards' counts."""
+def _verify(prefix: str, expected: OutputStats, dtype: type, work: Path) -> None:
+    """Read a merged dataset back and compare its documents and tokens with the shards' done markers;
+    on a mismatch (a shard damaged since it was finished) remove the merged files and refuse."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     size = os.path.getsize(f"{prefix}.bin")
@@ -439,9 +440,12 @@ def _verify(prefix: str, expected: OutputStats, dtype: type) -> None:
         documents, tokens = len(dataset), int(dataset.sequence_lengths.sum())
         del dataset
     if (documents, tokens, size) != (expected.documents, expected.tokens, expected.tokens * np.dtype(dtype).itemsize):
-        raise RuntimeError(
+        for suffix in (".bin", ".idx"):
+            os.remove(f"{prefix}{suffix}")
+        raise UserError(
             f"merged dataset {prefix} has {documents} documents and {tokens} tokens ({size} bytes), "
-            f"expected {expected.documents} and {expected.tokens}"
+            f"expected {expected.documents} and {expected.tokens}: the shards in {work} do not match their "
+            f"done markers: delete {work} and rerun"
         )
 
 

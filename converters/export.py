@@ -145,7 +145,7 @@ def export_checkpoint(
     shape = read_shape(tensors, layers)
     resolved = resolve_phase(info, phase)
     step = resolve_step(info, step)
-    progress = run_progress(info, resolved, step, shape)
+    run = run_progress(info, resolved, step, shape)
     source = tokenizer_source(info, tokenizer, shape)
     shards = plan_shards(hf_tensors(shape), parse_size(shard_size))
     out = Path(out)
@@ -157,11 +157,11 @@ def export_checkpoint(
             producer.close()
         config = hf_config(resolved, step, shape=shape, norm_eps=info.model_config.get("layernorm_epsilon", 1e-5),
                            init_std=info.model_config.get("init_method_std", 0.009))
-        config |= {"training_steps": progress.cumulative_step, "training_tokens": progress.cumulative_tokens}
+        config |= {"training_steps": run.cumulative_step, "training_tokens": run.cumulative_tokens}
         _write_json(staging / "config.json", config)
         _write_json(staging / "generation_config.json", {**GENERATION_CONFIG, "transformers_version": config["transformers_version"]})
         export_tokenizer(source, staging)
-        (staging / "README.md").write_text(model_card(resolved, step, shape, progress), encoding="utf-8")
+        (staging / "README.md").write_text(model_card(resolved, step, shape, run), encoding="utf-8")
         check_folder(staging)
     return ExportResult(out, resolved, step, resolved.revision(step), shape, sum(map(len, shards)), len(shards))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import argparse
 import shutil
 from pathlib import Path
@@ -93,6 +95,9 @@ def test_export_of_a_universal_folder_is_the_original_converters_weights(univers
     assert result.exit_code == 0, result.output
     assert "revision step0000003" in result.output
     _assert_same(hf_state(tmp_path / "hf"), original_hf_weights(universal))
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (config["training_steps"], config["training_tokens"]) == (3, 3 * 256 * 4096)  # 3 steps at the rampup's 256
+    assert "Not Lucie-7B" in (tmp_path / "hf" / "README.md").read_text()  # a tiny Lucie-shaped model
 
 
 def test_weights_only_import_then_export_gives_the_original_converters_weights(universal, tmp_path):

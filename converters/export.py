@@ -15,7 +15,7 @@ from converters.hf_writer import DEFAULT_SHARD_SIZE, check_folder, parse_size, p
 from converters.layout import EMBEDDING, FINAL_NORM, OUTPUT_LAYER, HFTensor, hf_tensors, select
 from converters.megatron_reader import CheckpointInfo, CheckpointTensors, LayerTensors, locate, read_shape
 from converters.model_card import model_card
-from converters.run_progress import run_progress
+from converters.run_progress import RunProgress, run_progress
 from lucie_nemo.staging import staged_folder
 from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import hf_config
@@ -157,13 +157,20 @@ def export_checkpoint(
             producer.close()
         config = hf_config(resolved, step, shape=shape, norm_eps=info.model_config.get("layernorm_epsilon", 1e-5),
                            init_std=info.model_config.get("init_method_std", 0.009))
-        config |= {"training_steps": run.cumulative_step, "training_tokens": run.cumulative_tokens}
-        _write_json(staging / "config.json", config)
-        _write_json(staging / "generation_config.json", {**GENERATION_CONFIG, "transformers_version": config["transformers_version"]})
-        export_tokenizer(source, staging)
-        (staging / "README.md").write_text(model_card(resolved, step, shape, run), encoding="utf-8")
-        check_folder(staging)
+        write_revision_files(staging, resolved, step, shape, run, config, source)
     return ExportResult(out, resolved, step, resolved.revision(step), shape, sum(map(len, shards)), len(shards))
+
+
+def write_revision_files(staging: Path, phase: Phase, step: int, shape: LucieShape, run: RunProgress, config: dict,
+                         tokenizer: str | Path) -> None:
+    """Everything of an exported revision but its weights: config (with the run's progress), generation config,
+    tokenizer and model card; then check the whole folder."""
+    config = config | {"training_steps": run.cumulative_step, "training_tokens": run.cumulative_tokens}
+    _write_json(staging / "config.json", config)
+    _write_json(staging / "generation_config.json", {**GENERATION_CONFIG, "transformers_version": config["transformers_version"]})
+    export_tokenizer(tokenizer, staging)
+    (staging / "README.md").write_text(model_card(phase, step, shape, run), encoding="utf-8")
+    check_folder(staging)
 
 
 def _write_json(path: Path, content: dict) -> None:

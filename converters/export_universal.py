@@ -10,10 +10,9 @@ from pathlib import Path
 
 import torch
 
-from converters.export import GENERATION_CONFIG, ExportResult, _write_json
-from converters.hf_writer import DEFAULT_SHARD_SIZE, check_folder, parse_size, plan_shards, write_shards
+from converters.export import ExportResult, write_revision_files
+from converters.hf_writer import DEFAULT_SHARD_SIZE, parse_size, plan_shards, write_shards
 from converters.layout import HFTensor, hf_tensors, select
-from converters.model_card import model_card
 from converters.run_progress import RunProgress
 from converters.universal import UniversalCheckpoint
 from converters.universal_facts import check_run_facts
@@ -22,7 +21,7 @@ from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import hf_config
 from lucie_nemo.schedule import PhaseSchedule
 from lucie_nemo.staging import staged_folder
-from lucie_nemo.tokenizer import export_tokenizer, load_tokenizer
+from lucie_nemo.tokenizer import load_tokenizer
 
 
 class _UniversalProducer:
@@ -71,10 +70,5 @@ def export_universal(
         record = PhaseSchedule(resolved).record(iteration)  # equal to the file's samples and tokens (checked above)
         run = RunProgress(record.cumulative_step, record.cumulative_tokens, lucie_run=shape == LUCIE_7B,
                           source="the original run's universal checkpoint (its iteration and consumed samples)")
-        config |= {"training_steps": run.cumulative_step, "training_tokens": run.cumulative_tokens}
-        _write_json(staging / "config.json", config)
-        _write_json(staging / "generation_config.json", {**GENERATION_CONFIG, "transformers_version": config["transformers_version"]})
-        export_tokenizer(tokenizer, staging)
-        (staging / "README.md").write_text(model_card(resolved, iteration, shape, run), encoding="utf-8")
-        check_folder(staging)
+        write_revision_files(staging, resolved, iteration, shape, run, config, tokenizer)
     return ExportResult(Path(out), resolved, iteration, resolved.revision(iteration), shape, sum(map(len, shards)), len(shards))

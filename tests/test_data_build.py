@@ -25,11 +25,8 @@ GROUPED = "lucie_tokens_65k_grouped"
 
 
 @pytest.fixture()
-def hub(monkeypatch, tmp_path):
-    with DatasetHub() as running:
-        running.add_dataset(DATASET, miniature_lucie_dataset())
-        monkeypatch.setenv("LUCIE_CACHE", str(tmp_path / "cache"))
-        yield running
+def hub(dataset_hub):
+    return dataset_hub
 
 
 def build(hub: DatasetHub, phase: str, root: Path, *only: str, step: str = "all"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fake_hub import DatasetHub, miniature_lucie_dataset
+from fake_hub import DatasetHub
 from lucie_nemo.cli.data import data_app
 from lucie_nemo.data.sources import DATASET, list_dataset_files, phase_sources
 
@@ -37,12 +37,9 @@ job_root = "{jobs}"
 
 
 @pytest.fixture()
-def hub(monkeypatch, tmp_path):
+def hub(dataset_hub, monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("LUCIE_CACHE", str(tmp_path / "cache"))
-    with DatasetHub() as running:
-        running.add_dataset(DATASET, miniature_lucie_dataset())
-        yield running
+    return dataset_hub
 
 
 @pytest.fixture()

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fake_hub import DatasetHub, miniature_lucie_dataset
 from lucie_nemo.cli.data import data_app
 from lucie_nemo.data.sources import DATASET, dataset_name, list_dataset_files, phase_sources
 
@@ -18,11 +17,8 @@ NATURAL = "data/v1.1/natural"
 
 
 @pytest.fixture()
-def hub(monkeypatch, tmp_path):
-    with DatasetHub() as running:
-        running.add_dataset(DATASET, miniature_lucie_dataset())
-        monkeypatch.setenv("LUCIE_CACHE", str(tmp_path / "cache"))
-        yield running
+def hub(dataset_hub):
+    return dataset_hub
 
 
 def by_name(report) -> dict:

@@ -165,7 +165,8 @@ def checkpoint_model(ckpt: str | Path, hf_config: dict) -> CheckpointModel:
     layers = LayerTensors(tensors)
     shape = read_shape(tensors, layers)
     if shape != shape_from_hf_config(hf_config):
-        raise UserError(f"checkpoint {ckpt} is {shape}, the Hugging Face folder is {shape_from_hf_config(hf_config)}")
+        raise UserError(f"checkpoint {ckpt} is {shape}, the Hugging Face folder is {shape_from_hf_config(hf_config)}: "
+                        "pass the folder that `lucie export` wrote from this checkpoint")
     if "rotary_base" not in info.model_config:
         raise UserError(f"checkpoint {ckpt} does not say its RoPE theta (rotary_base): cannot rebuild its model")
     if not layers.stacked:

@@ -200,6 +200,7 @@ def test_fast_layout_runs_phase_1_in_two_chained_legs(site_config, megatron_runt
     assert re.search(r"#SBATCH --dependency=afterok:PRETRAIN-RAMPUP_JOB_ID", main)
     assert "lucie_final_iteration=1220" in anneal
     printed = [line for line in result.stdout.splitlines() if line.startswith("# lucie:")]
+    assert len(printed) + 4 == len(result.stdout.splitlines())  # stdout: summaries and paths, nothing else
     assert printed[0].startswith("# lucie: pretrain (rampup leg, steps 1-19336)")
     assert printed[1].startswith("# lucie: pretrain (main leg, steps 19337-753851)")
 

@@ -23,6 +23,20 @@ def _default_nodes(phase, gpus_per_node: int, tiny: bool, slurm: bool) -> int:
     return gpus // gpus_per_node if gpus % gpus_per_node == 0 else phase.original_layout.nodes
 
 
+def keep_stdout_for_results() -> None:
+    """stdout carries the job summaries and script paths (scriptable); building the configs here
+    logs megatron's mock-data choices at INFO and nemo-run's launcher notes on stdout: send those
+    notes to stderr and drop the config chatter (the training job logs it again where it runs)."""
+    import logging
+    import warnings
+
+    from nemo_run.core.frontend.console.api import CONSOLE
+
+    CONSOLE.stderr = True
+    logging.getLogger("megatron.core.datasets.blended_megatron_dataset_config").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="Could not determine rank")  # no rank on the launch host
+
+
 def training_jobs(site, profile, phase_name: str, *, nodes: int | None, precision: str, tiny: bool,
                   overrides: list[str], layout: str = "fast"):
     """The `lucie train` command of each leg of one phase on ``site`` (one leg, or the rampup and main
@@ -107,6 +121,7 @@ def launch(
         from cluster.profiles import load_site
         from lucie_nemo.phases import PHASES, get_phase
 
+        keep_stdout_for_results()
         flags = dict(account=account, partition=partition, qos=qos, walltime=walltime, gpus_per_node=gpus_per_node,
                      output_root=output_root, data_root=data_root, job_root=job_root)
         placeholders = placeholder_values(cluster, site_config, flags) if dry_run else {}

@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 # Tests that read the real Lucie files (tokenizer, blends) say so when the folder is absent.
 needs_shared = pytest.mark.skipif(not (SHARED / "lucie").is_dir(),
                                   reason=f"needs {SHARED / 'lucie'} (the real Lucie tokenizer and blend files)")
+# The GPU path (tests/test_gpu.py): Transformer Engine layers, bf16 and FP8, checkpoints, `lucie train` in FP8.
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Transformer Engine path)")
+GPU_TESTS = "test_gpu.py"
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +47,14 @@ def dataset_hub(monkeypatch, tmp_path):
 
 
 def pytest_report_header(config):
-    import torch
-
-    gpu_check = "the suite has no GPU-only tests: bench/gpu_check.sh checks the GPU path on a GPU machine"
     if not torch.cuda.is_available():
-        return f"no CUDA device; {gpu_check}"
-    return f"CUDA device: {torch.cuda.get_device_name(0)}; {gpu_check}"
+        return f"no CUDA device: the GPU-only tests (tests/{GPU_TESTS}) are skipped"
+    return f"CUDA device: {torch.cuda.get_device_name(0)}: the GPU-only tests (tests/{GPU_TESTS}) run"
+
+
+def pytest_report_collectionfinish(config, start_path, items):
+    count = sum(item.path.name == GPU_TESTS for item in items)
+    if count:
+        state = "run on this CUDA device" if torch.cuda.is_available() else "skipped: no CUDA device here"
+        return f"{count} GPU-only tests ({GPU_TESTS}): {state}"
+    return None

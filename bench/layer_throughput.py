@@ -54,6 +54,9 @@ def main() -> None:
         provider.kv_channels = LUCIE_7B.head_dim
     if args.precision == "fp8":
         provider.fp8, provider.fp8_recipe = "hybrid", "tensorwise"  # the recipes' FP8 preset
+    # The fused wgrad accumulation writes into param.main_grad, which only Bridge's DDP wrapper allocates;
+    # this bare model keeps plain .grad (a small cost the estimate of a run's speed does not include).
+    provider.gradient_accumulation_fusion = False
     if not transformer_engine_installed():
         use_local_layers(provider, dtype=torch.bfloat16)
         provider.use_cpu_initialization = False

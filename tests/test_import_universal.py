@@ -20,14 +20,15 @@ from universal_fixture import tiny_universal
 ITERATION = 3
 
 
-def original_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The tensors the fork's tools/convert_checkpoint/universal_to_hf_llama.py writes (its mapping, restated)."""
+def original_hf_weights(folder: Path, state: str = "fp32", dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """The tensors the fork's tools/convert_checkpoint/universal_to_hf_llama.py writes (its mapping, restated),
+    of ``state`` (fp32, exp_avg or exp_avg_sq: the same re-packing) cast to ``dtype``."""
     states = torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)
     args, version = states["args"], states["checkpoint_version"]
     assert version >= 2.0
 
     def load(name):
-        return torch.load(folder / "zero" / name / "fp32.pt", weights_only=True)["param"].bfloat16()
+        return torch.load(folder / "zero" / name / f"{state}.pt", weights_only=True)["param"].to(dtype)
 
     def fix_ordering(param, num_splits, num_heads, head_dim):  # its fix_query_key_value_ordering, version >= 2.0
         shape = param.size()

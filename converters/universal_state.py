@@ -10,6 +10,8 @@ writes iteration N in the fully reshardable distributed-optimizer form with the 
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +63,8 @@ def _import_config(phase: Phase, shape: LucieShape, tiny: bool, out: Path):
     from lucie_nemo.train import build_leg_config
 
     provider = build_provider(shape, phase)
-    cfg, _ = build_leg_config(phase.name, tiny=tiny, model=provider)
+    # the original layout's recipe: one leg over the whole phase (the checkpoint loads in any layout)
+    cfg, _ = build_leg_config(phase.name, tiny=tiny, model=provider, **({} if tiny else {"layout": "original"}))
     model = use_local_layers(cfg.model, dtype=torch.bfloat16)
     model.tensor_model_parallel_size = model.pipeline_model_parallel_size = model.context_parallel_size = 1
     model.sequence_parallel = False
@@ -106,7 +109,9 @@ def import_universal_state(folder: str | Path, out: str | Path, phase: str | Non
     iteration, step = checkpoint.info.iteration, adam_step(checkpoint)
     consumed = PhaseSchedule(resolved).consumed_samples(iteration)
     assert trained_phase(resolved.name, tiny) == resolved
-    with single_process_world(), staged_folder(out) as staging:
+    # Megatron and Bridge print their progress (parameter counts, "saving checkpoint ...") on stdout: the command
+    # says what it wrote in one line, and a bad input is one error line.
+    with contextlib.redirect_stdout(io.StringIO()), single_process_world(), staged_folder(out) as staging:
         from megatron.bridge.training.config import runtime_config_update
 
         cfg = _import_config(resolved, checkpoint.shape, tiny, staging)

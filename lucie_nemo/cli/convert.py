@@ -49,6 +49,7 @@ def import_(
     phase: Annotated[str | None, typer.Option(help="Phase whose context/RoPE the saved config names (default: from config.json).")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Universal checkpoint: the weights alone.")] = False,
     tiny: Annotated[bool, typer.Option("--tiny", help="Universal checkpoint of the scaled-down phase (lucie train --tiny).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (universal checkpoints).")] = True,
     revision: Annotated[str | None, typer.Option(help="With a Hub id as source: the branch to download, e.g. step0500000.")] = None,
     endpoint: Annotated[str | None, typer.Option(help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co).")] = None,
 ) -> None:
@@ -67,7 +68,7 @@ def import_(
             hf_dir = download_revision(str(hf_dir), revision, endpoint)
 
         if is_universal(hf_dir):
-            _import_universal(hf_dir, ckpt, phase, weights_only, tiny)
+            _import_universal(hf_dir, ckpt, phase, weights_only, tiny, progress)
             return
         from converters.import_hf import import_hf
 
@@ -75,7 +76,8 @@ def import_(
     print(f"wrote {result.out}: {result.num_parameters:,} parameters, use it as checkpoint.pretrained_checkpoint")
 
 
-def _import_universal(folder: Path, ckpt: Path, phase: str | None, weights_only: bool, tiny: bool) -> None:
+def _import_universal(folder: Path, ckpt: Path, phase: str | None, weights_only: bool, tiny: bool,
+                      progress: bool) -> None:
     if weights_only:
         from converters.import_universal import import_universal_weights
 
@@ -85,7 +87,7 @@ def _import_universal(folder: Path, ckpt: Path, phase: str | None, weights_only:
         return
     from converters.universal_state import import_universal_state
 
-    state = import_universal_state(folder, ckpt, phase, tiny)
+    state = import_universal_state(folder, ckpt, phase, tiny, progress)
     print(f"wrote {state.out}: phase {state.phase.name} iteration {state.iteration} ({state.num_parameters:,} parameters, "
           f"Adam step {state.adam_step}, {state.consumed_samples:,} samples consumed, next LR {state.learning_rate:.6g}); "
           f"`lucie train {state.phase.name}` resumes from it at step {state.iteration + 1} when it is "

@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from converters.megatron_model import local_provider  # noqa: F401  (prepares Megatron for this machine)
-from converters.universal import UniversalCheckpoint
-from converters.universal_facts import check_run_facts
-from lucie_nemo.errors import UserError
-from lucie_nemo.model import LucieShape, build_provider, use_local_layers
-from lucie_nemo.phases import Phase
-from lucie_nemo.schedule import PhaseSchedule
+from lucie_nemo import runtime
+
+runtime.prepare()  # before Megatron is imported (import hook, quiet logs, CPU redirects)
+
+from converters.universal import OPTIMIZER_STATE, ZERO, UniversalCheckpoint, load_pickle  # noqa: E402
+from converters.universal_facts import check_run_facts  # noqa: E402
+from lucie_nemo.errors import UserError  # noqa: E402
+from lucie_nemo.model import LucieShape, build_provider, use_local_layers  # noqa: E402
+from lucie_nemo.phases import Phase  # noqa: E402
+from lucie_nemo.schedule import PhaseSchedule  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -42,15 +46,13 @@ class StateImportResult:
 def adam_step(checkpoint: UniversalCheckpoint) -> int:
     """The Adam step count of the run: ``step`` of ``zero/optimizer_state.pt``'s param groups when it is there
     (FusedAdam keeps it per group), else the iteration (bf16 training skips no step)."""
-    from converters.universal import OPTIMIZER_STATE, ZERO, load_pickle
-
     path = checkpoint.folder / ZERO / OPTIMIZER_STATE
     groups = (load_pickle(path) or {}).get("param_groups") or []
     steps = {int(group["step"]) for group in groups if "step" in group}
     iteration = checkpoint.info.iteration
     if not steps:
         return iteration
-    if len(steps) > 1 or not 0 < steps.copy().pop() <= iteration:
+    if len(steps) > 1 or not 0 < min(steps) <= iteration:
         raise UserError(f"{path}: Adam step {sorted(steps)} in its param groups, the checkpoint is iteration "
                         f"{iteration}: one step count between 1 and the iteration is needed")
     return steps.pop()
@@ -101,14 +103,12 @@ def import_universal_state(folder: str | Path, out: str | Path, phase: str | Non
 
     from lucie_nemo.distributed import single_process_world
     from lucie_nemo.staging import staged_folder
-    from lucie_nemo.train import trained_phase
 
     checkpoint = UniversalCheckpoint(folder)
     resolved = checkpoint.phase(phase, tiny=tiny)
     check_run_facts(checkpoint, resolved)
     iteration, step = checkpoint.info.iteration, adam_step(checkpoint)
     consumed = PhaseSchedule(resolved).consumed_samples(iteration)
-    assert trained_phase(resolved.name, tiny) == resolved
     # Megatron and Bridge print their progress (parameter counts, "saving checkpoint ...") on stdout: the command
     # says what it wrote in one line, and a bad input is one error line.
     with contextlib.redirect_stdout(io.StringIO()), single_process_world(), staged_folder(out) as staging:
@@ -156,7 +156,7 @@ def _check_scheduler(built: dict, checkpoint: UniversalCheckpoint, phase: Phase)
     """The scheduler Bridge built from the recipe stands where the original run's stood."""
     original = checkpoint.info.lr_scheduler
     for key in ("max_lr", "min_lr", "lr_warmup_steps", "lr_decay_steps", "lr_decay_style", "num_steps"):
-        if key in original and built.get(key) != original[key] and not (
-                isinstance(original[key], float) and abs(built.get(key) - original[key]) <= 1e-12 * abs(original[key])):
-            raise UserError(f"the recipe's LR scheduler of phase {phase.name!r} has {key} {built.get(key)!r}, "
-                            f"the checkpoint's {original[key]!r}")
+        found, wanted = built[key], original.get(key, built[key])
+        same = math.isclose(found, wanted, rel_tol=1e-12) if isinstance(wanted, float) else found == wanted
+        if not same:
+            raise UserError(f"the recipe's LR scheduler of phase {phase.name!r} has {key} {found!r}, the checkpoint's {wanted!r}")

@@ -45,7 +45,7 @@ def export(
 def import_(
     hf_dir: Annotated[Path, typer.Argument(help="Hugging Face Lucie-shaped folder (a published revision or an export), "
                                                  "or DeepSpeed universal checkpoint (a branch of Lucie-7B-optimizer-states).")],
-    ckpt: Annotated[Path, typer.Argument(help="New checkpoint folder, for a recipe's pretrained_checkpoint.")],
+    ckpt: Annotated[Path, typer.Argument(help="New checkpoint folder: a recipe's pretrained_checkpoint, or (full import of a universal checkpoint) <output-root>/<phase>/checkpoints to resume.")],
     phase: Annotated[str | None, typer.Option(help="Phase whose context/RoPE the saved config names (default: from config.json).")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Universal checkpoint: the weights alone.")] = False,
     tiny: Annotated[bool, typer.Option("--tiny", help="Universal checkpoint of the scaled-down phase (lucie train --tiny).")] = False,

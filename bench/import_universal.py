@@ -1,14 +1,17 @@
-"""Wall time and peak RSS of `lucie import --weights-only` and `lucie export` on universal checkpoints of 2 and 4
-full-width Lucie-7B layers (hidden 4,096, FFN 12,288, 32 heads, 8 key-value heads, vocabulary 65,024).
+"""Wall time and peak RSS of `lucie import` (full: the run's checkpoint with its optimizer state), `lucie import
+--weights-only` and `lucie export` on universal checkpoints of 2 and 4 full-width Lucie-7B layers (hidden 4,096,
+FFN 12,288, 32 heads, 8 key-value heads, vocabulary 65,024), or of narrower layers (``--width-divisor``: hidden,
+FFN and heads divided, the vocabulary kept) where the machine's memory cannot hold the full import.
 
 For each depth, a synthetic universal checkpoint in the released format is written under the work folder
 (tests/universal_fixture.py: fp32, exp_avg and exp_avg_sq of every parameter; 2 layers: 11 GB, 4 layers:
 15.7 GB), then each command runs in a fresh child process (imports included), its peak RSS taken from the
 kernel (wait4's ru_maxrss); outputs and the checkpoint are deleted before the next depth. The last lines
-give the per-layer growth and the extrapolation to Lucie-7B's 32 layers (linear in depth), and the ratio of
-the 4-layer to the 2-layer figures:
+give the growth per layer and per added parameter, the extrapolation to Lucie-7B (linear in the parameter
+count), and the ratio of the larger to the smaller depth's figures:
 
-    .venv/bin/python bench/import_universal.py [--workdir DIR] [--layers 2 4]
+    .venv/bin/python bench/import_universal.py [--workdir DIR] [--layers 2 4] [--width-divisor 1]
+        [--commands import "import --weights-only" export]
 
 Disk: the checkpoint of the largest depth plus one output at a time (about 18.5 GB at 4 layers).
 """
@@ -42,25 +45,49 @@ def run_child(command: list[str], log: Path) -> tuple[float, float]:
     return seconds, usage.ru_maxrss * 1024 / GIB
 
 
-def bench_depth(layers: int, workdir: Path, tokenizer: Path) -> dict[str, tuple[float, float]]:
-    from universal_fixture import full_width, write_universal
+def shape_of(layers: int, divisor: int):
+    """Lucie-7B's widths (divided by ``divisor``, the vocabulary kept) with ``layers`` layers."""
+    from dataclasses import replace
+
+    from universal_fixture import full_width
+
+    shape = full_width(layers)
+    return replace(shape, hidden_size=shape.hidden_size // divisor, ffn_hidden_size=shape.ffn_hidden_size // divisor,
+                   num_attention_heads=shape.num_attention_heads // divisor,
+                   num_query_groups=max(1, shape.num_query_groups // divisor))
+
+
+def parameter_count(shape) -> int:
+    h, d = shape.hidden_size, shape.head_dim
+    layer = 2 * h + h * (shape.num_attention_heads + 2 * shape.num_query_groups) * d + shape.num_attention_heads * d * h \
+        + 3 * h * shape.ffn_hidden_size
+    return 2 * shape.vocab_size * h + h + shape.num_layers * layer
+
+
+def bench_depth(layers: int, workdir: Path, tokenizer: Path, divisor: int, names: list[str]) -> dict[str, tuple[float, float]]:
+    from universal_fixture import write_universal
 
     source = workdir / f"universal_{layers}L"
     shutil.rmtree(source, ignore_errors=True)
     source.mkdir(parents=True)
     started = time.perf_counter()
-    write_universal(source, full_width(layers), iteration=5_000, std=0.02)
-    print(f"{layers} layers: wrote the universal checkpoint in {time.perf_counter() - started:.0f} s", flush=True)
+    shape = shape_of(layers, divisor)
+    write_universal(source, shape, iteration=5_000, std=0.02)
+    print(f"{layers} layers ({parameter_count(shape) / 1e6:.1f} M parameters): wrote the universal checkpoint in "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
     lucie = [sys.executable, "-m", "lucie_nemo.cli"]
     commands = {
+        "import": [*lucie, "import", str(source), str(workdir / "imported"), "--no-progress"],
         "import --weights-only": [*lucie, "import", str(source), str(workdir / "imported"), "--weights-only"],
         "export": [*lucie, "export", str(source), str(workdir / "exported"), "--tokenizer", str(tokenizer), "--no-progress"],
     }
     results = {}
     try:
-        for name, command in commands.items():
+        for name in names:
+            command = commands[name]
             results[name] = run_child(command, workdir / f"{layers}L_{name.split()[0]}.log")
-            print(f"{layers} layers  {name:22s} {results[name][0]:8.1f} s  {results[name][1]:6.2f} GiB peak RSS", flush=True)
+            print(f"{layers} layers  {name:22s} {results[name][0]:8.1f} s  {results[name][1]:6.2f} GiB peak RSS, "
+                  f"{results[name][1] * GIB / parameter_count(shape):.1f} bytes per parameter", flush=True)
             shutil.rmtree(workdir / "imported", ignore_errors=True)
             shutil.rmtree(workdir / "exported", ignore_errors=True)
     finally:
@@ -73,18 +100,23 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/lucie-bench-universal"))
     parser.add_argument("--layers", type=int, nargs=2, default=[2, 4])
     parser.add_argument("--tokenizer", type=Path, default=TOKENIZER)
+    parser.add_argument("--width-divisor", type=int, default=1)
+    parser.add_argument("--commands", nargs="+", default=["import", "import --weights-only", "export"],
+                        choices=["import", "import --weights-only", "export"])
     options = parser.parse_args()
     options.workdir.mkdir(parents=True, exist_ok=True)
     small, large = options.layers
-    figures = {depth: bench_depth(depth, options.workdir, options.tokenizer) for depth in (small, large)}
+    figures = {depth: bench_depth(depth, options.workdir, options.tokenizer, options.width_divisor, options.commands)
+               for depth in (small, large)}
+    sizes = {depth: parameter_count(shape_of(depth, options.width_divisor)) for depth in (small, large)}
+    lucie = parameter_count(shape_of(32, 1))
     for name in figures[small]:
         (t_small, m_small), (t_large, m_large) = figures[small][name], figures[large][name]
-        per_layer_t, per_layer_m = (t_large - t_small) / (large - small), (m_large - m_small) / (large - small)
-        print(f"{name:22s} per layer: {per_layer_t:+.1f} s, {per_layer_m:+.3f} GiB; "
-              f"32 layers (extrapolated): {t_small + per_layer_t * (32 - small):.0f} s, "
-              f"{m_small + per_layer_m * (32 - small):.2f} GiB; "
+        per_parameter = (m_large - m_small) * GIB / (sizes[large] - sizes[small])  # bytes each added parameter costs
+        print(f"{name:22s} {(m_large - m_small) / (large - small):+.3f} GiB per layer of this width, "
+              f"{per_parameter:.1f} bytes per added parameter; Lucie-7B ({lucie / 1e9:.2f} B parameters, "
+              f"extrapolated linearly in parameters): {m_small + per_parameter * (lucie - sizes[small]) / GIB:.1f} GiB; "
               f"ratio {large}/{small} layers: time {t_large / t_small:.2f}, memory {m_large / m_small:.2f}")
-
 
 if __name__ == "__main__":
     main()

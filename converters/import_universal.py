@@ -31,12 +31,14 @@ class UniversalImportResult:
     num_parameters: int
 
 
-def import_universal_weights(folder: str | Path, out: str | Path, phase: str | None = None) -> UniversalImportResult:
-    """Write the weights of universal checkpoint ``folder`` as a weights-only torch_dist checkpoint at ``out``."""
+def import_universal_weights(folder: str | Path, out: str | Path, phase: str | None = None,
+                             tiny: bool = False) -> UniversalImportResult:
+    """Write the weights of universal checkpoint ``folder`` as a weights-only torch_dist checkpoint at ``out``
+    (``tiny``: the checkpoint is of a scaled-down phase of ``lucie train --tiny``)."""
     from megatron.bridge.training.model_load_save import save_megatron_model
 
     checkpoint = UniversalCheckpoint(folder)
-    resolved = checkpoint.phase(phase)
+    resolved = checkpoint.phase(phase, tiny)
     check_run_facts(checkpoint, resolved)
     with single_process_world(), staged_folder(out) as staging:
         model = build_model(checkpoint.shape, resolved, torch.bfloat16)

@@ -228,27 +228,38 @@ class UniversalCheckpoint:
         keys, values = grouped[:, 0].reshape(-1, s.hidden_size), grouped[:, 1].reshape(-1, s.hidden_size)
         return merge_qkv(query, keys, values, s)
 
-    def megatron_tensors(self, state: str = "fp32") -> Iterator[tuple[str, torch.Tensor]]:
-        """(local-spec parameter name, tensor) of the whole model, one parameter at a time."""
+    def megatron_names(self) -> Iterator[tuple[str, str, int | None]]:
+        """(local-spec parameter name, Megatron source, layer) of the whole model, in model order."""
         local = {"attn_norm": "input_layernorm.weight", "qkv": "self_attention.linear_qkv.weight",
                  "proj": "self_attention.linear_proj.weight", "mlp_norm": "pre_mlp_layernorm.weight",
                  "fc1": "mlp.linear_fc1.weight", "fc2": "mlp.linear_fc2.weight"}
-        yield EMBEDDING, self.megatron(EMBEDDING, state=state)
+        yield EMBEDDING, EMBEDDING, None
         for layer in range(self.shape.num_layers):
             for logical, name in local.items():
-                yield f"decoder.layers.{layer}.{name}", self.megatron(logical, layer, state)
-        yield FINAL_NORM, self.megatron(FINAL_NORM, state=state)
-        yield OUTPUT_LAYER, self.megatron(OUTPUT_LAYER, state=state)
+                yield f"decoder.layers.{layer}.{name}", logical, layer
+        yield FINAL_NORM, FINAL_NORM, None
+        yield OUTPUT_LAYER, OUTPUT_LAYER, None
 
-    def phase(self, name: str | None = None) -> Phase:
-        """The phase whose context length and RoPE theta the run's args have, checked against ``name`` if given."""
+    def megatron_tensors(self, state: str = "fp32") -> Iterator[tuple[str, torch.Tensor]]:
+        """(local-spec parameter name, tensor) of the whole model, one parameter at a time."""
+        for name, source, layer in self.megatron_names():
+            yield name, self.megatron(source, layer, state)
+
+    def phase(self, name: str | None = None, tiny: bool = False) -> Phase:
+        """The phase whose context length and RoPE theta the run's args have, checked against ``name`` if given
+        (``tiny``: among the scaled-down phases of ``lucie train --tiny``)."""
+        from lucie_nemo.train import trained_phase
+
         key = (self.arg("seq_length"), int(self.arg("rope_theta")))
-        matches = [p for p in PHASES.values() if (p.seq_length, p.rotary_base) == key]
+        phases = [trained_phase(p, tiny) for p in PHASES]
+        matches = [p for p in phases if (p.seq_length, p.rotary_base) == key]
         if name is None:
             if len(matches) != 1:
-                raise UserError(f"{self.folder}: seq_length/rope_theta {key} is no Lucie phase's: pass --phase")
+                raise UserError(f"{self.folder}: seq_length/rope_theta {key} is no {'scaled-down ' if tiny else ''}"
+                                "Lucie phase's: pass --phase")
             return matches[0]
-        phase = get_phase(name)
+        get_phase(name)
+        phase = trained_phase(name, tiny)
         if (phase.seq_length, phase.rotary_base) != key:
             raise UserError(f"{self.folder} has seq_length/rope_theta {key}, phase {phase.name!r} has "
                             f"{(phase.seq_length, phase.rotary_base)}: pass the phase the checkpoint belongs to")

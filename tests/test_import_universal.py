@@ -20,14 +20,15 @@ from universal_fixture import tiny_universal
 ITERATION = 3
 
 
-def original_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The tensors the fork's tools/convert_checkpoint/universal_to_hf_llama.py writes (its mapping, restated)."""
+def original_hf_weights(folder: Path, state: str = "fp32", dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """The tensors the fork's tools/convert_checkpoint/universal_to_hf_llama.py writes (its mapping, restated),
+    of ``state`` (fp32, exp_avg or exp_avg_sq: the same re-packing) cast to ``dtype``."""
     states = torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)
     args, version = states["args"], states["checkpoint_version"]
     assert version >= 2.0
 
     def load(name):
-        return torch.load(folder / "zero" / name / "fp32.pt", weights_only=True)["param"].bfloat16()
+        return torch.load(folder / "zero" / name / f"{state}.pt", weights_only=True)["param"].to(dtype)
 
     def fix_ordering(param, num_splits, num_heads, head_dim):  # its fix_query_key_value_ordering, version >= 2.0
         shape = param.size()
@@ -154,18 +155,39 @@ BAD_INPUTS = {
     "scheduler position": (lambda f: _edit_states(f, lr_scheduler={"num_steps": 1000}), "lr_scheduler num_steps is 1000, phase 'pretrain' has 768"),
     "iteration": (lambda f: _edit_states(f, iteration=4), "args.consumed_train_samples is 768, phase 'pretrain' has 1024 after iteration 4"),
     "another RoPE theta": (lambda f: _edit_args(f, rope_theta=10_000), "(4096, 10000) is no Lucie phase"),
+    "scheduler warmup": (lambda f: _edit_states(f, lr_scheduler={"lr_warmup_steps": 1_000}), "lr_scheduler lr_warmup_steps is 1000, phase 'pretrain' has 2000000"),
+    "scheduler max LR": (lambda f: _edit_states(f, lr_scheduler={"max_lr": 1e-3}), "lr_scheduler max_lr is 0.001, phase 'pretrain' has 0.0003"),
+    "tokens": (lambda f: _edit_states(f, tokens=5), "tokens is 5, phase 'pretrain' has 3145728 after iteration 3"),
 }
 
 
-@pytest.mark.parametrize("case", BAD_INPUTS)
+def _edit_adam_step(folder: Path, step: int) -> None:
+    path = folder / "zero" / "optimizer_state.pt"
+    state = torch.load(path, weights_only=False)
+    for group in state["param_groups"]:
+        group["step"] = step
+    torch.save(state, path)
+
+
+# Only the full import uses Adam's step count (the weights-only import and the export do not read it).
+FULL_IMPORT_BAD_INPUTS = {
+    "Adam step beyond the iteration": (lambda f: _edit_adam_step(f, 4), "Adam step [4] in its param groups, the checkpoint is iteration 3"),
+    "Adam step 0": (lambda f: _edit_adam_step(f, 0), "Adam step [0] in its param groups"),
+}
+
+
+@pytest.mark.parametrize("case", [*BAD_INPUTS, *FULL_IMPORT_BAD_INPUTS])
 def test_bad_universal_checkpoints_are_one_error_line_and_nothing_written(universal, tmp_path, case):
-    damage, message = BAD_INPUTS[case]
+    damage, message = {**BAD_INPUTS, **FULL_IMPORT_BAD_INPUTS}[case]
     folder = tmp_path / "global_step3"
     shutil.copytree(universal, folder)
     damage(folder)
     app = _app()
-    for command in (["import", str(folder), str(tmp_path / "ckpt"), "--weights-only"],
-                    ["export", str(folder), str(tmp_path / "hf"), "--tokenizer", str(SHARED_TOKENIZER), "--no-progress"]):
+    commands = [["import", str(folder), str(tmp_path / "run"), "--no-progress"]]
+    if case in BAD_INPUTS:
+        commands += [["import", str(folder), str(tmp_path / "ckpt"), "--weights-only"],
+                     ["export", str(folder), str(tmp_path / "hf"), "--tokenizer", str(SHARED_TOKENIZER), "--no-progress"]]
+    for command in commands:
         result = CliRunner().invoke(app, command)
         lines = result.output.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (command[0], result.output)
@@ -196,3 +218,24 @@ def test_import_from_a_hub_revision_downloads_it_first(universal, tmp_path, monk
     embedding = read_global(tmp_path / "ckpt" / "iter_0000000", ["embedding.word_embeddings.weight"])
     reference = torch.load(universal / "zero" / "1.word_embeddings.weight" / "fp32.pt", weights_only=True)["param"]
     assert torch.equal(embedding["embedding.word_embeddings.weight"], reference.bfloat16())
+
+
+def test_full_import_writes_the_run_of_phase_1_at_its_iteration(universal, tmp_path):
+    from megatron.core import dist_checkpointing
+
+    result = CliRunner().invoke(_app(), ["import", str(universal), str(tmp_path / "run"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "phase pretrain iteration 3" in result.output and "resumes from it at step 4" in result.output
+    assert (tmp_path / "run" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    folder = tmp_path / "run" / "iter_0000003"
+    train_state = torch.load(folder / "train_state.pt", weights_only=False)
+    assert (train_state["step"], train_state["consumed_train_samples"]) == (3, 768)  # 3 rampup batches of 256
+    common = dist_checkpointing.load_common_state_dict(str(folder))
+    scheduler = common["opt_param_scheduler"]
+    assert (scheduler["num_steps"], scheduler["lr_warmup_steps"], scheduler["lr_decay_steps"]) == (768, 2_000_000, 762_144_586)
+    groups = common["optimizer"]["optimizer"]["param_groups"]
+    assert {group["step"] for group in groups} == {3}  # the Adam step count, in the param groups as on the GPUs
+    name = "optimizer.state.exp_avg.embedding.word_embeddings.weight"
+    saved = read_global(folder, [name, "embedding.word_embeddings.weight"])
+    reference = torch.load(universal / "zero" / "1.word_embeddings.weight" / "exp_avg.pt", weights_only=True)["param"]
+    assert torch.equal(saved[name], reference)

@@ -45,15 +45,20 @@ def export(
 def import_(
     hf_dir: Annotated[Path, typer.Argument(help="Hugging Face Lucie-shaped folder (a published revision or an export), "
                                                  "or DeepSpeed universal checkpoint (a branch of Lucie-7B-optimizer-states).")],
-    ckpt: Annotated[Path, typer.Argument(help="New checkpoint folder, for a recipe's pretrained_checkpoint.")],
+    ckpt: Annotated[Path, typer.Argument(help="New checkpoint folder: a recipe's pretrained_checkpoint, or (full import of a universal checkpoint) <output-root>/<phase>/checkpoints to resume.")],
     phase: Annotated[str | None, typer.Option(help="Phase whose context/RoPE the saved config names (default: from config.json).")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Universal checkpoint: the weights alone.")] = False,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Universal checkpoint of the scaled-down phase (lucie train --tiny).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (universal checkpoints).")] = True,
     revision: Annotated[str | None, typer.Option(help="With a Hub id as source: the branch to download, e.g. step0500000.")] = None,
     endpoint: Annotated[str | None, typer.Option(help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co).")] = None,
 ) -> None:
     """Write a Hugging Face folder as a weights-only torch_dist checkpoint (iter_0000000/) the recipes start from.
 
-    The source may be a Hub id (owner/name) with --revision: it is downloaded into huggingface_hub's cache first.
+    A DeepSpeed universal checkpoint becomes the checkpoint of the phase's run at its iteration N (weights, Adam
+    state, step, consumed samples, LR scheduler): import it into <output-root>/<phase>/checkpoints and
+    `lucie train PHASE` continues at step N+1. The source may be a Hub id (owner/name) with --revision: it is
+    downloaded into huggingface_hub's cache first.
     """
     with user_errors():
         from converters.hub_source import download_revision, is_hub_id
@@ -63,7 +68,7 @@ def import_(
             hf_dir = download_revision(str(hf_dir), revision, endpoint)
 
         if is_universal(hf_dir):
-            _import_universal(hf_dir, ckpt, phase, weights_only)
+            _import_universal(hf_dir, ckpt, phase, weights_only, tiny, progress)
             return
         from converters.import_hf import import_hf
 
@@ -71,15 +76,22 @@ def import_(
     print(f"wrote {result.out}: {result.num_parameters:,} parameters, use it as checkpoint.pretrained_checkpoint")
 
 
-def _import_universal(folder: Path, ckpt: Path, phase: str | None, weights_only: bool) -> None:
-    from converters.import_universal import import_universal_weights
-    from lucie_nemo.errors import UserError
+def _import_universal(folder: Path, ckpt: Path, phase: str | None, weights_only: bool, tiny: bool,
+                      progress: bool) -> None:
+    if weights_only:
+        from converters.import_universal import import_universal_weights
 
-    if not weights_only:
-        raise UserError(f"{folder} is a universal checkpoint: pass --weights-only (importing its optimizer state is not supported yet)")
-    result = import_universal_weights(folder, ckpt, phase)
-    print(f"wrote {result.out}: {result.num_parameters:,} parameters (iteration {result.iteration}'s weights), "
-          "use it as checkpoint.pretrained_checkpoint")
+        result = import_universal_weights(folder, ckpt, phase, tiny)
+        print(f"wrote {result.out}: {result.num_parameters:,} parameters (iteration {result.iteration}'s weights), "
+              "use it as checkpoint.pretrained_checkpoint")
+        return
+    from converters.universal_state import import_universal_state
+
+    state = import_universal_state(folder, ckpt, phase, tiny, progress)
+    print(f"wrote {state.out}: phase {state.phase.name} iteration {state.iteration} ({state.num_parameters:,} parameters, "
+          f"Adam step {state.adam_step}, {state.consumed_samples:,} samples consumed, next LR {state.learning_rate:.6g}); "
+          f"`lucie train {state.phase.name}` resumes from it at step {state.iteration + 1} when it is "
+          f"<output-root>/{state.phase.name}/checkpoints (or pass checkpoint.load={state.out})")
 
 
 def verify(

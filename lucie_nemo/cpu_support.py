@@ -93,6 +93,7 @@ TORCH_REDIRECTED_MODULES: dict[str, str] = {
     "megatron.training.models.dist_utils": "DDP wrapping on a torch.cuda.Stream()",
     "megatron.core.distributed.param_and_grad_buffer": "grad reduction on torch.cuda streams",
     "megatron.core.optimizer.optimizer": 'found_inf / overflow buffers on device="cuda"',
+    "megatron.core.optimizer.distrib_optimizer": "get_parameter_state_dp_zero(): gather buffers on torch.cuda.current_device()",
     "megatron.core.optimizer.clip_grads": 'get_grad_norm_fp32(): total_norm on device="cuda"',
     "megatron.core.pipeline_parallel.schedules": 'forward_backward_no_pipelining(): total_num_tokens on "cuda"',
     "megatron.core.pipeline_parallel.p2p_communication": "P2PCommunicator: recv buffers on torch.cuda.current_device()",
@@ -176,15 +177,43 @@ def _cpu_tensors_typed_as_cuda():
         torch.Tensor.type = original
 
 
+TORCH_ADAM = (torch.optim.Adam, torch.optim.AdamW)  # megatron-core's Adam without Transformer Engine or Apex
+
+
 def _distributed_optimizer_on_cpu(original):
     """DistributedOptimizer._build_model_and_main_param_groups sorts parameters by ``param.type()``
-    and refuses any that is not a torch.cuda one; let it see the CPU parameters' CUDA type names."""
+    and refuses any that is not a torch.cuda one; let it see the CPU parameters' CUDA type names.
+
+    Without Transformer Engine or Apex it steps with torch's Adam, whose state holds a per-parameter
+    ``step`` tensor that two of its checkpoint paths mishandle (see the two methods below)."""
 
     class DistributedOptimizer(original):
         @classmethod
         def _build_model_and_main_param_groups(cls, *args, **kwargs):
             with _cpu_tensors_typed_as_cuda():
                 return super()._build_model_and_main_param_groups(*args, **kwargs)
+
+        def sharded_state_dict(self, model_sharded_state_dict, is_loading=False, **kwargs):
+            """state_dict() reads torch Adam's per-parameter ``step`` and asserts there is one; a load
+            into a fresh optimizer has no state yet: create it as Adam's first step would (zero
+            moments, step 0), as megatron-core's other optimizers do on load (init_state_fn)."""
+            if is_loading and not self.optimizer.state and isinstance(self.optimizer, TORCH_ADAM):
+                self.init_state_fn(self.optimizer, self.config)
+                for state in self.optimizer.state.values():
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+            return super().sharded_state_dict(model_sharded_state_dict, is_loading, **kwargs)
+
+        def _set_main_param_and_optimizer_states(self, model_param, tensors):
+            """The fully reshardable load passes every state tensor but ``step`` (restored from the
+            param groups by load_state_dict, as one tensor shared by all parameters, which Adam would
+            then advance once per parameter); upstream copies every state key from ``tensors``
+            (KeyError: 'step'). Keep the restored step, in a tensor of this parameter's own."""
+            group_index, group_order = self.model_param_group_index_map[model_param]
+            state = self.optimizer.state[self.optimizer.param_groups[group_index]["params"][group_order]]
+            if "step" in state and "step" not in tensors:
+                state["step"] = state["step"].clone()
+                tensors = {**tensors, "step": state["step"]}
+            super()._set_main_param_and_optimizer_states(model_param, tensors)
 
     DistributedOptimizer.__module__ = original.__module__
     return DistributedOptimizer
@@ -199,6 +228,7 @@ class Redirect:
     make: Callable[[Any], Any]
     marker_source: str  # "module:function" whose source must still contain the marker
     marker: str
+    also: tuple[tuple[str, str], ...] = ()  # (marker_source, marker) of further code the replacement covers
 
 
 FUNCTION_REDIRECTS: tuple[Redirect, ...] = (
@@ -215,7 +245,11 @@ FUNCTION_REDIRECTS: tuple[Redirect, ...] = (
              "assert param.grad.type() == 'torch.cuda.FloatTensor'"),
     Redirect("megatron.core.optimizer", "DistributedOptimizer", _distributed_optimizer_on_cpu,
              "megatron.core.optimizer.distrib_optimizer:DistributedOptimizer",
-             "elif model_param.type() == 'torch.cuda.FloatTensor':"),
+             "elif model_param.type() == 'torch.cuda.FloatTensor':",
+             also=(("megatron.core.optimizer.distrib_optimizer:DistributedOptimizer",
+                    'steps = list(set([s["step"].item() for s in inner_state_dict["state"].values()]))'),
+                   ("megatron.core.optimizer.distrib_optimizer:DistributedOptimizer",
+                    "dst_tensors[key].copy_(tensors[key])"))),
 )
 
 

@@ -26,6 +26,8 @@ CUDA_CALL_SITES: dict[str, tuple[str, str]] = {
     "megatron.core.distributed.param_and_grad_buffer": ("_ParamAndGradBucketGroup.start_grad_sync",
                                                         "torch.cuda.current_stream"),
     "megatron.core.optimizer.optimizer": ("MixedPrecisionOptimizer.__init__", 'device="cuda"'),
+    "megatron.core.optimizer.distrib_optimizer": ("DistributedOptimizer.get_parameter_state_dp_zero",
+                                                   "torch.cuda.current_device"),
     "megatron.core.optimizer.clip_grads": ("get_grad_norm_fp32", 'device="cuda"'),
     "megatron.core.pipeline_parallel.schedules": ("forward_backward_no_pipelining", 'device="cuda"'),
     "megatron.core.pipeline_parallel.p2p_communication": ("P2PCommunicator._communicate", "torch.cuda.current_device"),
@@ -88,8 +90,11 @@ def test_torch_redirect_is_installed(megatron_runtime, module_name):
 def test_function_redirect_still_needed_and_installed(megatron_runtime, redirect):
     module_name, _, function = redirect.marker_source.partition(":")
     upstream = cpu_support.ORIGINALS.get((module_name, function)) or getattr(importlib.import_module(module_name), function)
-    source = inspect.getsource(upstream)
-    assert redirect.marker in source, f"upstream {redirect.marker_source} changed: re-check this redirect"
+    assert redirect.marker in inspect.getsource(upstream), f"upstream {redirect.marker_source} changed: re-check this redirect"
+    for marker_source, marker in redirect.also:
+        module_name, _, attribute = marker_source.partition(":")
+        source = inspect.getsource(getattr(importlib.import_module(module_name), attribute))
+        assert marker in source, f"upstream {marker_source} changed: re-check this redirect"
     installed = getattr(importlib.import_module(redirect.module), redirect.attribute)
     assert installed.lucie_redirect is redirect
 
@@ -134,3 +139,67 @@ def test_cuda_type_names_stay_inside_the_distributed_optimizer_build(megatron_ru
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer as upstream
 
     assert issubclass(DistributedOptimizer, upstream)  # isinstance checks against upstream still hold
+
+
+def _tiny_model_and_distributed_optimizer():
+    """A tiny Lucie in DDP with megatron-core's DistributedOptimizer (torch's Adam here: no TE, no Apex)."""
+    from megatron.core.distributed import DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from lucie_nemo.distributed import attach_process_groups
+    from lucie_nemo.model import lucie_tiny, use_local_layers
+
+    provider = use_local_layers(lucie_tiny(vocab_size=256))
+    attach_process_groups(provider)
+    provider.finalize()
+    ddp = DistributedDataParallelConfig(use_distributed_optimizer=True, grad_reduce_in_fp32=True)
+    model = provider.provide_distributed_model(ddp_config=ddp, use_cpu_initialization=True)
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=1e-2, bf16=False, use_distributed_optimizer=True), model)
+    return model, optimizer
+
+
+def _step_with_gradients(model, optimizer, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for parameter in model[0].parameters():
+        parameter.main_grad.copy_(torch.randn(parameter.shape, generator=generator))
+    optimizer.step()
+
+
+def _fully_reshardable(model, optimizer, is_loading: bool = False) -> dict:
+    model_state = model[0].sharded_state_dict()
+    metadata = {"distrib_optim_sharding_type": "fully_reshardable"}
+    return {"model": model_state,
+            "optimizer": optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=metadata)}
+
+
+def _adam(optimizer) -> tuple[list[torch.Tensor], list[dict]]:
+    """The main parameters and torch Adam's per-parameter states, in parameter-group order."""
+    (inner,) = [chained.optimizer for chained in optimizer.chained_optimizers]
+    main = [parameter for group in inner.param_groups for parameter in group["params"]]
+    return main, [inner.state[parameter] for parameter in main]
+
+
+def test_distributed_optimizer_resumes_torch_adam_from_a_fully_reshardable_checkpoint(world, tmp_path):
+    """The load restores main parameters, moments and each parameter's own step, and the next step
+    equals the uninterrupted optimizer's (Adam's bias correction reads the step)."""
+    from megatron.core import dist_checkpointing
+
+    model, optimizer = _tiny_model_and_distributed_optimizer()
+    _step_with_gradients(model, optimizer, seed=1)
+    _step_with_gradients(model, optimizer, seed=2)
+    dist_checkpointing.save(_fully_reshardable(model, optimizer), str(tmp_path))
+    resumed_model, resumed = _tiny_model_and_distributed_optimizer()
+    loaded = dist_checkpointing.load(_fully_reshardable(resumed_model, resumed, is_loading=True), str(tmp_path))
+    resumed.load_state_dict(loaded["optimizer"])
+
+    (main, states), (resumed_main, resumed_states) = _adam(optimizer), _adam(resumed)
+    assert [float(state["step"]) for state in resumed_states] == [2.0] * len(states)
+    assert len({id(state["step"]) for state in resumed_states}) == len(states)  # not one shared tensor
+    for want, got, want_state, got_state in zip(main, resumed_main, states, resumed_states, strict=True):
+        assert torch.equal(got, want)
+        assert torch.equal(got_state["exp_avg"], want_state["exp_avg"])
+        assert torch.equal(got_state["exp_avg_sq"], want_state["exp_avg_sq"])
+    _step_with_gradients(model, optimizer, seed=3)
+    _step_with_gradients(resumed_model, resumed, seed=3)
+    assert all(torch.equal(got, want) for got, want in zip(_adam(resumed)[0], _adam(optimizer)[0], strict=True))

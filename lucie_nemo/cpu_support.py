@@ -6,7 +6,7 @@ tests/test_cpu_support.py checks that each one is still needed (the upstream CUD
 call is still there) and still hits (it is installed and training runs), so a
 version bump that changes them fails in CI instead of in users' hands.
 
-Config-level choices for CPU (gloo, fp32, no distributed optimizer) are in
+Config-level choices for CPU (gloo, fp32, no sequence parallelism) are in
 ``adapt_config_for_cpu``. lucie_nemo.model imports this module (for the import hook), never
 the other way round.
 """
@@ -352,7 +352,8 @@ def activate() -> bool:
 
 
 def adapt_config_for_cpu(cfg) -> None:
-    """Run-config choices for a CPU run of a recipe (world size 1, gloo, fp32); the model's layers are
+    """Run-config choices for a CPU run of a recipe (gloo, fp32; the recipe's distributed optimizer and
+    fully reshardable checkpoints are kept, as a GPU run writes them); the model's layers are
     the caller's (``lucie_nemo.model.use_local_layers``: this module stays below lucie_nemo.model)."""
     cfg.mixed_precision = None
     cfg.dist.distributed_backend = "gloo"
@@ -361,9 +362,9 @@ def adapt_config_for_cpu(cfg) -> None:
     # on resume. Nothing random is drawn after init here (dropout 0; data order follows
     # consumed samples), so a resumed CPU run continues identically without them.
     cfg.checkpoint.load_rng = False
-    # At world size 1 the distributed optimizer is the plain optimizer anyway.
-    cfg.optimizer.use_distributed_optimizer = False
-    cfg.ddp.use_distributed_optimizer = False
+    # megatron-core's local layers (torch norms) refuse sequence parallelism; without it each TP rank
+    # holds the whole sequence, and the weights and optimizer state are the same.
+    cfg.model.sequence_parallel = False
     cfg.optimizer.bf16 = False
     cfg.ddp.overlap_grad_reduce = False
     cfg.ddp.overlap_param_gather = False

@@ -262,6 +262,15 @@ LAYOUT_SPECS = "fast, original, or TPxPPxCP (e.g. TP1xPP1xCP1)"
 _SPLIT = re.compile(r"^TP(\d+)xPP(\d+)xCP(\d+)$", re.IGNORECASE)
 
 
+def parse_split(spec: str) -> tuple[int, int, int]:
+    """(TP, PP, CP) of a ``TPxPPxCP`` layout spec."""
+    match = _SPLIT.match(spec)
+    if not match:
+        raise UserError(f"--layout {spec!r} is not one of {LAYOUT_SPECS}")
+    tp, pp, cp = (int(value) for value in match.groups())
+    return tp, pp, cp
+
+
 def layout_legs(phase: Phase, spec: str, nodes: int, gpus_per_node: int, precision: str = "bf16",
                 hardware: Hardware = Hardware()) -> tuple[Leg, ...]:
     """The legs a ``--layout`` runs: ``fast`` the plan's (two for phase 1 when the rampup forbids the
@@ -278,10 +287,7 @@ def layout_legs(phase: Phase, spec: str, nodes: int, gpus_per_node: int, precisi
                             f"{layout.tensor_parallel} x {layout.pipeline_parallel} x 1 (the original layout): "
                             "change --nodes or --layout")
         return (Leg("all", 1, end, original),)
-    match = _SPLIT.match(spec)
-    if not match:
-        raise UserError(f"--layout {spec!r} is not one of {LAYOUT_SPECS}")
-    tp, pp, cp = (int(value) for value in match.groups())
+    tp, pp, cp = parse_split(spec)
     found = [c for c in candidates(phase, nodes, gpus_per_node, precision, hardware)
              if (c.choice.tensor_parallel, c.choice.pipeline_parallel, c.choice.context_parallel) == (tp, pp, cp)]
     whole = [c for c in found if c.valid_from_step == 1]

@@ -28,12 +28,12 @@ def build_leg_config(
     batches that leg's steps use.
 
     ``tiny`` trains the scaled-down phases (lucie_nemo.demo_scale) on a tiny Lucie-shaped model, in the
-    demo's own layout.
+    demo's own layout (TP1 PP1) or the ``TPxPPxCP`` one given (micro-batch 1).
     """
     from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides
 
     from lucie_nemo.errors import UserError
-    from lucie_nemo.plan import batch_sizes_from, layout_legs, select_leg
+    from lucie_nemo.plan import LayoutChoice, batch_sizes_from, layout_legs, original_recompute, parse_split, select_leg
     from lucie_nemo.recipe import leg_recipe, phase_recipe
 
     selected = trained_phase(phase, tiny)
@@ -41,6 +41,9 @@ def build_leg_config(
         from lucie_nemo.model import TINY, lucie_tiny
 
         recipe_options.setdefault("model", lucie_tiny(selected, vocab_size or TINY.vocab_size))
+        if layout not in ("fast", "original"):
+            recipe_options["layout"] = LayoutChoice(*parse_split(layout), micro_batch_size=1,
+                                                    recompute=original_recompute(selected.seq_length, 1))
         cfg, batch_sizes = phase_recipe(selected, **recipe_options), batch_sizes_from(selected, 1)
     else:
         original = selected.original_layout

@@ -6,7 +6,7 @@ tests/test_cpu_support.py checks that each one is still needed (the upstream CUD
 call is still there) and still hits (it is installed and training runs), so a
 version bump that changes them fails in CI instead of in users' hands.
 
-Config-level choices for CPU (gloo, fp32, no sequence parallelism) are in
+Config-level choices for CPU (gloo, fp32, no sequence parallelism, which optimizer) are in
 ``adapt_config_for_cpu``. lucie_nemo.model imports this module (for the import hook), never
 the other way round.
 """
@@ -351,10 +351,11 @@ def activate() -> bool:
     return _active
 
 
-def adapt_config_for_cpu(cfg) -> None:
-    """Run-config choices for a CPU run of a recipe (gloo, fp32; the recipe's distributed optimizer and
-    fully reshardable checkpoints are kept, as a GPU run writes them); the model's layers are
-    the caller's (``lucie_nemo.model.use_local_layers``: this module stays below lucie_nemo.model)."""
+def adapt_config_for_cpu(cfg, distributed_optimizer: bool = False) -> None:
+    """Run-config choices for a CPU run of a recipe (gloo, fp32); the model's layers are the caller's
+    (``lucie_nemo.model.use_local_layers``: this module stays below lucie_nemo.model).
+    ``distributed_optimizer`` keeps the recipe's DistributedOptimizer (its fully reshardable checkpoints
+    are those a GPU run writes); otherwise the plain optimizer, the same at world size 1 up to rounding."""
     cfg.mixed_precision = None
     cfg.dist.distributed_backend = "gloo"
     cfg.rng.inference_rng_tracker = True  # the default tracker needs torch.cuda RNG states
@@ -362,6 +363,9 @@ def adapt_config_for_cpu(cfg) -> None:
     # on resume. Nothing random is drawn after init here (dropout 0; data order follows
     # consumed samples), so a resumed CPU run continues identically without them.
     cfg.checkpoint.load_rng = False
+    if not distributed_optimizer:
+        cfg.optimizer.use_distributed_optimizer = False
+        cfg.ddp.use_distributed_optimizer = False
     # megatron-core's local layers (torch norms) refuse sequence parallelism; without it each TP rank
     # holds the whole sequence, and the weights and optimizer state are the same.
     cfg.model.sequence_parallel = False

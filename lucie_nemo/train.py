@@ -87,11 +87,14 @@ def train_phase(phase: str, **options) -> None:
     cfg, batch_sizes = build_leg_config(phase, **options)
     if not torch.cuda.is_available():  # here only: a launch from a CPU login node keeps the GPU config
         use_local_layers(cfg.model, dtype=torch.float32)
-        cpu_support.adapt_config_for_cpu(cfg)
+        # the recipe's distributed optimizer where the layout matters (several ranks, or a layout asked
+        # for: a leg's checkpoint to load in another); the demo's one-rank runs keep their numerics
+        explicit_layout = options.get("layout", "fast") not in ("fast", "original")
+        cpu_support.adapt_config_for_cpu(cfg, distributed_optimizer=_world_size() > 1 or explicit_layout)
     elif not cpu_support.transformer_engine_installed():
         use_local_layers(cfg.model, dtype=torch.bfloat16)  # a GPU environment without Transformer Engine
     use_checked_loads(cfg)  # a failed load ends the run with an error, never with status 0
-    check_layout(cfg, int(os.environ.get("WORLD_SIZE", "1")), batch_sizes)
+    check_layout(cfg, _world_size(), batch_sizes)
     _single_process_defaults()
     if os.environ["RANK"] == "0":
         _record_plan(cfg, trained_phase(phase, options.get("tiny", False)))
@@ -113,6 +116,10 @@ def _record_plan(cfg, phase) -> None:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     write_run_plan(Path(cfg.checkpoint.save).parent, phase, cfg.train.train_iters, int(os.environ["WORLD_SIZE"]),
                    shape, device)
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _single_process_defaults() -> None:

@@ -57,7 +57,7 @@ class CheckpointInfo:
     tokenizer_dir: Path | None  # a tokenizer folder shipped in the checkpoint (holding tokenizer.json)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         return yaml.safe_load(path.read_text("utf-8")) or {}
     except yaml.YAMLError as error:
@@ -93,7 +93,7 @@ def locate(path: str | Path) -> CheckpointInfo:
         raise UserError(f"checkpoint {path} is not a folder: pass a checkpoint root, an iter_NNNNNNN folder or a NeMo 2 folder")
     if (path / "weights").is_dir() and (path / "context").is_dir():
         model_yaml = path / "context" / "model.yaml"
-        config = _read_yaml(model_yaml).get("config", {}) if model_yaml.is_file() else {}
+        config = read_yaml(model_yaml).get("config", {}) if model_yaml.is_file() else {}
         step = _NEMO_STEP.search(path.name)
         return CheckpointInfo(path, path / "weights", "nemo2", int(step.group(1)) if step else None,
                               config, _tokenizer_in(path / "context" / "nemo_tokenizer"))
@@ -114,7 +114,7 @@ def locate(path: str | Path) -> CheckpointInfo:
             "no .metadata, no context/ + weights/)"
         )
     run_config = folder / "run_config.yaml"
-    config = _read_yaml(run_config).get("model", {}) if run_config.is_file() else {}
+    config = read_yaml(run_config).get("model", {}) if run_config.is_file() else {}
     return CheckpointInfo(path, folder, "megatron", iteration, config, _tokenizer_in(folder / "tokenizer"))
 
 

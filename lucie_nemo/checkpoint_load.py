@@ -41,6 +41,21 @@ def checkpoint_to_load(checkpoint_cfg) -> str | None:
     return checkpoint_cfg.pretrained_checkpoint
 
 
+def resumes_distributed_optimizer_state(checkpoint_cfg) -> bool:
+    """Whether the run resumes from a checkpoint whose optimizer state megatron-core's DistributedOptimizer
+    wrote (its run_config.yaml says so): a CPU run loads it with the same optimizer (`lucie import`'s
+    checkpoints, a multi-rank run's)."""
+    if checkpoint_cfg.load is None or not checkpoint_exists(checkpoint_cfg.load):
+        return False
+    from converters.megatron_reader import locate, read_yaml
+
+    try:
+        run_config = read_yaml(locate(checkpoint_cfg.load).weights_dir / "run_config.yaml")
+    except (UserError, OSError):
+        return False  # the load itself then says what is wrong
+    return bool(run_config.get("optimizer", {}).get("use_distributed_optimizer", False))
+
+
 def check_files(path: str) -> None:
     """Refuse a torch_dist checkpoint whose tracker, iteration folder, ``.metadata`` or ``.distcp`` files are
     missing, short or unreadable (the exporter's own checks); Hugging Face folders are Bridge's to read."""

@@ -80,7 +80,7 @@ def train_phase(phase: str, **options) -> None:
     import torch
 
     from lucie_nemo import cpu_support
-    from lucie_nemo.checkpoint_load import use_checked_loads
+    from lucie_nemo.checkpoint_load import resumes_distributed_optimizer_state, use_checked_loads
     from lucie_nemo.model import use_local_layers
     from lucie_nemo.validation import check_layout
 
@@ -88,9 +88,11 @@ def train_phase(phase: str, **options) -> None:
     if not torch.cuda.is_available():  # here only: a launch from a CPU login node keeps the GPU config
         use_local_layers(cfg.model, dtype=torch.float32)
         # the recipe's distributed optimizer where the layout matters (several ranks, or a layout asked
-        # for: a leg's checkpoint to load in another); the demo's one-rank runs keep their numerics
+        # for: a leg's checkpoint to load in another) and to resume its checkpoints; the demo's one-rank
+        # runs keep their numerics
         explicit_layout = options.get("layout", "fast") not in ("fast", "original")
-        cpu_support.adapt_config_for_cpu(cfg, distributed_optimizer=_world_size() > 1 or explicit_layout)
+        distributed = _world_size() > 1 or explicit_layout or resumes_distributed_optimizer_state(cfg.checkpoint)
+        cpu_support.adapt_config_for_cpu(cfg, distributed_optimizer=distributed)
     elif not cpu_support.transformer_engine_installed():
         use_local_layers(cfg.model, dtype=torch.bfloat16)  # a GPU environment without Transformer Engine
     use_checked_loads(cfg)  # a failed load ends the run with an error, never with status 0

@@ -187,7 +187,7 @@ def _per_layer_tensors(converter_runs, exported, tmp_path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize(("inputs", "message"), [
     (_fewer_layers_folder, r"error: checkpoint \S+ is LucieShape\(num_layers=2, .*\), the Hugging Face folder is "
-                           r"LucieShape\(num_layers=1, .*\): pass the folder that `lucie export` wrote"),
+                           r"LucieShape\(num_layers=1, .*\): pass the folder that `lucie export` wrote from this checkpoint"),
     (_no_rope_theta, r"error: checkpoint \S+ does not say its RoPE theta \(rotary_base\): cannot rebuild its model"),
     (_per_layer_tensors, r"error: checkpoint \S+ stores one tensor per layer \(decoder.layers.N.X\): verify reads "
                          r"the stacked layers .*"),

@@ -17,6 +17,23 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 GPU_TESTS = "test_gpu.py"
 
 
+def distributed_model_and_optimizer(provider, *, lr: float, bf16: bool):
+    """``provider``'s model in DDP (fp32 gradient buffer) with megatron-core's DistributedOptimizer (torch's
+    Adam here: no Transformer Engine, no Apex), in the current process world."""
+    from megatron.core.distributed import DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from lucie_nemo.distributed import attach_process_groups
+
+    attach_process_groups(provider)
+    provider.finalize()
+    ddp = DistributedDataParallelConfig(use_distributed_optimizer=True, grad_reduce_in_fp32=True)
+    model = provider.provide_distributed_model(ddp_config=ddp, use_cpu_initialization=True)
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=lr, bf16=bf16, use_distributed_optimizer=True), model)
+    return model, optimizer
+
+
 @pytest.fixture(scope="session")
 def megatron_runtime():
     """Megatron-Bridge made importable and runnable here (CPU redirects when CUDA is absent)."""

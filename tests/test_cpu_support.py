@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from conftest import distributed_model_and_optimizer
 
 from lucie_nemo import cpu_support
 
@@ -143,20 +144,9 @@ def test_cuda_type_names_stay_inside_the_distributed_optimizer_build(megatron_ru
 
 def _tiny_model_and_distributed_optimizer():
     """A tiny Lucie in DDP with megatron-core's DistributedOptimizer (torch's Adam here: no TE, no Apex)."""
-    from megatron.core.distributed import DistributedDataParallelConfig
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
-    from lucie_nemo.distributed import attach_process_groups
     from lucie_nemo.model import lucie_tiny, use_local_layers
 
-    provider = use_local_layers(lucie_tiny(vocab_size=256))
-    attach_process_groups(provider)
-    provider.finalize()
-    ddp = DistributedDataParallelConfig(use_distributed_optimizer=True, grad_reduce_in_fp32=True)
-    model = provider.provide_distributed_model(ddp_config=ddp, use_cpu_initialization=True)
-    optimizer = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=1e-2, bf16=False, use_distributed_optimizer=True), model)
-    return model, optimizer
+    return distributed_model_and_optimizer(use_local_layers(lucie_tiny(vocab_size=256)), lr=1e-2, bf16=False)
 
 
 def _step_with_gradients(model, optimizer, seed: int) -> None:

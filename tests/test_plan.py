@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import typer
+from conftest import distributed_model_and_optimizer
 from typer.testing import CliRunner
 
 from lucie_nemo.architecture import LUCIE_7B, TINY, LucieShape
@@ -126,19 +127,11 @@ def _allocated_model_state(shape: LucieShape, initialise_moments: bool) -> dict[
     """Bytes megatron-core allocates for a bf16 model wrapped in DDP (fp32 gradient buffer) with the
     distributed optimizer, in this one-process world."""
     import torch
-    from megatron.core.distributed import DistributedDataParallelConfig
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-    from lucie_nemo.distributed import attach_process_groups
     from lucie_nemo.model import build_provider, use_local_layers
 
     provider = use_local_layers(build_provider(shape, PRETRAIN), dtype=torch.bfloat16)
-    attach_process_groups(provider)
-    provider.finalize()
-    ddp = DistributedDataParallelConfig(use_distributed_optimizer=True, grad_reduce_in_fp32=True)
-    model = provider.provide_distributed_model(ddp_config=ddp, use_cpu_initialization=True)
-    optimizer = get_megatron_optimizer(
-        OptimizerConfig(optimizer="adam", lr=1e-4, bf16=True, use_distributed_optimizer=True), model)
+    model, optimizer = distributed_model_and_optimizer(provider, lr=1e-4, bf16=True)
     buffers = [buffer for chunk in model for buffer in chunk.buffers]
     weights = sum(p.numel() * p.element_size() for chunk in model for p in chunk.parameters())
     optimizers = getattr(optimizer, "chained_optimizers", [optimizer])

@@ -262,6 +262,11 @@ LAYOUT_SPECS = "fast, original, or TPxPPxCP (e.g. TP1xPP1xCP1)"
 _SPLIT = re.compile(r"^TP(\d+)xPP(\d+)xCP(\d+)$", re.IGNORECASE)
 
 
+def names_a_split(spec: str) -> bool:
+    """Whether a ``--layout`` spec is an explicit ``TPxPPxCP`` split rather than ``fast`` or ``original``."""
+    return spec not in ("fast", "original")
+
+
 def parse_split(spec: str) -> tuple[int, int, int]:
     """(TP, PP, CP) of a ``TPxPPxCP`` layout spec."""
     match = _SPLIT.match(spec)

@@ -33,7 +33,8 @@ def build_leg_config(
     from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides
 
     from lucie_nemo.errors import UserError
-    from lucie_nemo.plan import LayoutChoice, batch_sizes_from, layout_legs, original_recompute, parse_split, select_leg
+    from lucie_nemo.plan import (LayoutChoice, batch_sizes_from, layout_legs, names_a_split, original_recompute,
+                                 parse_split, select_leg)
     from lucie_nemo.recipe import leg_recipe, phase_recipe
 
     selected = trained_phase(phase, tiny)
@@ -41,7 +42,7 @@ def build_leg_config(
         from lucie_nemo.model import TINY, lucie_tiny
 
         recipe_options.setdefault("model", lucie_tiny(selected, vocab_size or TINY.vocab_size))
-        if layout not in ("fast", "original"):
+        if names_a_split(layout):
             recipe_options["layout"] = LayoutChoice(*parse_split(layout), micro_batch_size=1,
                                                     recompute=original_recompute(selected.seq_length, 1))
         cfg, batch_sizes = phase_recipe(selected, **recipe_options), batch_sizes_from(selected, 1)
@@ -82,6 +83,7 @@ def train_phase(phase: str, **options) -> None:
     from lucie_nemo import cpu_support
     from lucie_nemo.checkpoint_load import resumes_distributed_optimizer_state, use_checked_loads
     from lucie_nemo.model import use_local_layers
+    from lucie_nemo.plan import names_a_split
     from lucie_nemo.validation import check_layout
 
     cfg, batch_sizes = build_leg_config(phase, **options)
@@ -90,8 +92,8 @@ def train_phase(phase: str, **options) -> None:
         # the recipe's distributed optimizer where the layout matters (several ranks, or a layout asked
         # for: a leg's checkpoint to load in another) and to resume its checkpoints; the demo's one-rank
         # runs keep their numerics
-        explicit_layout = options.get("layout", "fast") not in ("fast", "original")
-        distributed = _world_size() > 1 or explicit_layout or resumes_distributed_optimizer_state(cfg.checkpoint)
+        distributed = (_world_size() > 1 or names_a_split(options.get("layout", "fast"))
+                       or resumes_distributed_optimizer_state(cfg.checkpoint))
         cpu_support.adapt_config_for_cpu(cfg, distributed_optimizer=distributed)
     elif not cpu_support.transformer_engine_installed():
         use_local_layers(cfg.model, dtype=torch.bfloat16)  # a GPU environment without Transformer Engine

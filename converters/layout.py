@@ -30,6 +30,17 @@ LAYER_TENSORS: dict[str, tuple[str, ...]] = {
 }
 
 
+def megatron_shape(shape: LucieShape, source: str) -> tuple[int, ...]:
+    """The shape of megatron-core tensor ``source`` (EMBEDDING, FINAL_NORM, OUTPUT_LAYER or a LAYER_TENSORS key,
+    then of one layer) of a model of ``shape``."""
+    h, d, f = shape.hidden_size, shape.head_dim, shape.ffn_hidden_size
+    return {
+        EMBEDDING: (shape.vocab_size, h), OUTPUT_LAYER: (shape.vocab_size, h), FINAL_NORM: (h,),
+        "attn_norm": (h,), "qkv": ((shape.num_attention_heads + 2 * shape.num_query_groups) * d, h),
+        "proj": (h, shape.num_attention_heads * d), "mlp_norm": (h,), "fc1": (2 * f, h), "fc2": (h, f),
+    }[source]
+
+
 @dataclass(frozen=True)
 class HFTensor:
     """One Hugging Face tensor: its name, shape, and where it comes from on the Megatron side."""

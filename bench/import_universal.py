@@ -1,7 +1,7 @@
 """Wall time and peak RSS of `lucie import` (full: the run's checkpoint with its optimizer state), `lucie import
 --weights-only` and `lucie export` on universal checkpoints of 2 and 4 full-width Lucie-7B layers (hidden 4,096,
 FFN 12,288, 32 heads, 8 key-value heads, vocabulary 65,024), or of narrower layers (``--width-divisor``: hidden,
-FFN and heads divided, the vocabulary kept) where the machine's memory cannot hold the full import.
+FFN and heads divided, the vocabulary kept) for a quicker run.
 
 For each depth, a synthetic universal checkpoint in the released format is written under the work folder
 (tests/universal_fixture.py: fp32, exp_avg and exp_avg_sq of every parameter; 2 layers: 11 GB, 4 layers:

@@ -2,7 +2,8 @@
 one tensor at a time.
 
 Megatron-Bridge alone holds the model and the distributed optimizer whole and gathers them again to save (about
-370 GiB for Lucie-7B in one process). So nothing of the format is written by hand, in two steps:
+370 GiB for Lucie-7B in one process). This import holds neither and writes no part of the format by hand, in
+two steps:
 
 1. a *template*: Megatron-Bridge builds the model, megatron-core's DistributedOptimizer and the LR scheduler from
    the phase's recipe (as ``lucie train`` builds them, bf16 weights with fp32 main parameters, one process on the

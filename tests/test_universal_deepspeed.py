@@ -73,10 +73,10 @@ def test_the_readers_tensors_are_the_original_converters_mapping(vocabulary_256,
 
 def test_deepspeed_output_has_the_hand_written_layout(tmp_path):
     """Same files, keys and per-parameter entries as tests/universal_fixture.py, except (DeepSpeed's real output):
-    a per-parameter ``step.pt`` (torch's AdamW keeps a step per tensor; FusedAdam on the GPUs keeps it in the param
-    groups), ``param_shapes`` split per optimizer param group, param groups that list one flat fp32 tensor each
-    (the BF16_Optimizer's) and carry Megatron's ``name``/``wd_mult``/``lr_mult``, ``shared_params`` ``{}`` and the
-    universal_checkpoint_info patterns."""
+    a per-parameter ``step.pt`` (torch's AdamW keeps a step per tensor; apex's FusedAdam on the GPUs keeps it in
+    the param groups), ``param_shapes`` split per optimizer param group, param groups that list one flat fp32 tensor
+    each (the BF16_Optimizer's) and carry Megatron's ``name``/``wd_mult``/``lr_mult``, ``shared_params`` ``{}`` and
+    the universal_checkpoint_info patterns."""
     hand = write_universal(tmp_path / "global_step2", SHAPE, ITERATION)
     names = [name for name, _ in parameters(SHAPE)]
     assert sorted(p.name for p in FIXTURE.iterdir()) == sorted(p.name for p in hand.iterdir())

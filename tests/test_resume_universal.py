@@ -28,17 +28,19 @@ PHASE = demo_phase(PRETRAIN)
 # Measured: at most 4.5e-6 of the largest update of each tensor; a fresh Adam state is off by 1.0.
 TOLERANCE = 1e-4
 
-# `lucie train` with its batches recorded: Megatron-Bridge's get_batch, wrapped (the test's only instrument)
-_RECORDING_TRAIN = """
-import sys, torch
+# `lucie train` with its batches recorded: Megatron-Bridge's get_batch, wrapped (the test's only instrument).
+# Under torchrun each rank records into the path argv[1] formats with its rank; a pipeline stage records
+# None for the tensors it is not given (the first stage: no labels, the last: no tokens).
+RECORDING_TRAIN = """
+import os, sys, torch
 from lucie_nemo import runtime
 runtime.prepare()
 import megatron.bridge.training.gpt_step as gpt_step
-record, batches, original = sys.argv[1], [], gpt_step.get_batch
+record, batches, original = sys.argv[1].format(rank=os.environ.get("RANK", "0")), [], gpt_step.get_batch
 def get_batch(*args, **kwargs):
     batch = original(*args, **kwargs)
-    batches.append({"tokens": batch[0].clone(), "labels": batch[1].clone(), "loss_mask": batch[2].clone(),
-                    "position_ids": batch[4].clone()})
+    fields = {"tokens": batch[0], "labels": batch[1], "loss_mask": batch[2], "position_ids": batch[4]}
+    batches.append({name: None if tensor is None else tensor.clone() for name, tensor in fields.items()})
     torch.save(batches, record)
     return batch
 gpt_step.get_batch = get_batch
@@ -57,7 +59,7 @@ def _lucie(*args: str) -> subprocess.CompletedProcess:
 
 def _train(root: Path, iterations: int, *options: str) -> list[dict[str, torch.Tensor]]:
     record = root / "batches.pt"
-    command = [sys.executable, "-c", _RECORDING_TRAIN, str(record), "train", "pretrain", "--tiny", "--vocab-size",
+    command = [sys.executable, "-c", RECORDING_TRAIN, str(record), "train", "pretrain", "--tiny", "--vocab-size",
                str(SHAPE.vocab_size), "--output-root", str(root), *options, f"train.train_iters={iterations}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

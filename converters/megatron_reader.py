@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, Metadata
 from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from converters.layout import EMBEDDING, FINAL_NORM, LAYER_TENSORS, OUTPUT_LAYER
+from converters.layout import EMBEDDING, FINAL_NORM, LAYER_TENSORS, OUTPUT_LAYER, megatron_shape
 from lucie_nemo import runtime
 from lucie_nemo.architecture import LucieShape
 from lucie_nemo.errors import UserError
@@ -303,18 +303,11 @@ def _check_config_agrees(info: CheckpointInfo, shape: LucieShape) -> None:
 
 
 def _check_tensor_shapes(tensors: CheckpointTensors, layers: LayerTensors, shape: LucieShape) -> None:
-    h, d, f = shape.hidden_size, shape.head_dim, shape.ffn_hidden_size
-    expected = {
-        "attn_norm": (h,),
-        "qkv": ((shape.num_attention_heads + 2 * shape.num_query_groups) * d, h),
-        "proj": (h, shape.num_attention_heads * d),
-        "mlp_norm": (h,),
-        "fc1": (2 * f, h),
-        "fc2": (h, f),
-    }
-    for logical, want in expected.items():
+    for logical in LAYER_TENSORS:
+        want = megatron_shape(shape, logical)
         if layers.shape(logical) != want:
             raise UserError(f"checkpoint {tensors.info.path}: {layers.names[logical]} has shape {layers.shape(logical)}, a Lucie layer needs {want}")
-    for name, want in ((FINAL_NORM, (h,)), (OUTPUT_LAYER, (shape.vocab_size, h))):
+    for name in (FINAL_NORM, OUTPUT_LAYER):
+        want = megatron_shape(shape, name)
         if tensors.shape(name) != want:
             raise UserError(f"checkpoint {tensors.info.path}: {name} has shape {tensors.shape(name)}, expected {want}")

@@ -178,9 +178,8 @@ def _source(weight: str) -> tuple[str, bool]:
     raise RuntimeError(f"Megatron-Bridge wrote a tensor {weight!r} that this importer does not know")
 
 
-def global_shape(key: str, shape: LucieShape) -> tuple[int, ...]:
-    """The whole shape of tensor ``key`` in the checkpoint of a model of ``shape`` (layers stacked first)."""
-    source, stacked = _source(_split_key(key)[1])
+def _whole_shape(source: str, stacked: bool, shape: LucieShape) -> tuple[int, ...]:
+    """The whole shape of tensor ``source`` in the checkpoint of a model of ``shape`` (layers stacked first)."""
     return (shape.num_layers, *megatron_shape(shape, source)) if stacked else megatron_shape(shape, source)
 
 
@@ -193,12 +192,12 @@ def scaled_plan(template: Metadata, template_shape: LucieShape, shape: LucieShap
         if not isinstance(stored, TensorStorageMetadata):
             items.append(((-1,), WriteItem(index=MetadataIndex(key), type=WriteItemType.BYTE_IO)))
             continue
-        small, size = tuple(stored.size), global_shape(key, shape)
-        if small != global_shape(key, template_shape):
-            raise RuntimeError(f"Megatron-Bridge wrote {key} as {small}, this importer expects "
-                               f"{global_shape(key, template_shape)}")
         state, weight = _split_key(key)
         source, stacked = _source(weight)
+        small, expected = tuple(stored.size), _whole_shape(source, stacked, template_shape)
+        if small != expected:
+            raise RuntimeError(f"Megatron-Bridge wrote {key} as {small}, this importer expects {expected}")
+        size = _whole_shape(source, stacked, shape)
         for chunk in stored.chunks:
             offsets = tuple(o * s // t for o, s, t in zip(chunk.offsets, size, small))
             sizes = tuple(n * s // t for n, s, t in zip(chunk.sizes, size, small))
@@ -218,9 +217,9 @@ class _Producer:
     """Each write item's data: the template's bytes, or a region of a tensor read from the universal checkpoint
     (the last one read is kept: a weight's states and chunks come one after the other)."""
 
-    def __init__(self, checkpoint: UniversalCheckpoint, template: Path, bar: tqdm):
+    def __init__(self, checkpoint: UniversalCheckpoint, template: Path, template_metadata: Metadata, bar: tqdm):
         self.checkpoint, self.template, self.bar = checkpoint, template, bar
-        self.stored = FileSystemReader(str(template)).read_metadata().storage_data
+        self.stored = template_metadata.storage_data
         self.last: tuple[tuple, torch.Tensor] | None = None
 
     def __call__(self, item: WriteItem) -> torch.Tensor | io.BytesIO:
@@ -279,10 +278,10 @@ def import_universal_state(folder: str | Path, out: str | Path, phase: str | Non
         for file in [*template.glob("latest_*"), *(template / name).glob("*")]:  # all but the tensors
             if file.suffix != ".distcp" and file.name != ".metadata":
                 shutil.copyfile(file, staging / file.relative_to(template))
-        items = scaled_plan(FileSystemReader(str(template / name)).read_metadata(), _template_shape(checkpoint.shape),
-                            checkpoint.shape)
+        template_metadata = FileSystemReader(str(template / name)).read_metadata()
+        items = scaled_plan(template_metadata, _template_shape(checkpoint.shape), checkpoint.shape)
         with tqdm(total=len(items), desc="tensors", unit="tensor", disable=not progress) as bar:
-            write_streamed(staging / name, items, _Producer(checkpoint, template / name, bar))
+            write_streamed(staging / name, items, _Producer(checkpoint, template / name, template_metadata, bar))
         _check_written(staging / name, items)
         cfg = _import_config(resolved, checkpoint.shape, tiny, staging)
         runtime_config_update(cfg)

@@ -12,6 +12,7 @@ import torch.distributed.checkpoint as dcp
 import typer
 import yaml
 from safetensors import safe_open
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from typer.testing import CliRunner
 
 from converters_fixtures import SHARED_TOKENIZER, converter_runs, exported, hf_state, tiny_shape  # noqa: F401
@@ -32,6 +33,16 @@ def read_global(folder: Path, names: list[str]) -> dict[str, torch.Tensor]:
     state = {name: torch.empty(tuple(metadata[name].size), dtype=metadata[name].properties.dtype) for name in names}
     dcp.load(state, checkpoint_id=str(folder))
     return state
+
+
+def read_everything(folder: Path) -> tuple[dict[str, TensorStorageMetadata], dict]:
+    """(tensor metadata, every tensor whole and every byte object) of a torch_dist checkpoint, read by torch's own load."""
+    reader = dcp.FileSystemReader(str(folder))
+    metadata = reader.read_metadata().state_dict_metadata
+    state = {key: torch.empty(list(item.size), dtype=item.properties.dtype) if isinstance(item, TensorStorageMetadata)
+             else None for key, item in metadata.items()}
+    dcp.load(state, storage_reader=reader, no_dist=True)
+    return {key: item for key, item in metadata.items() if isinstance(item, TensorStorageMetadata)}, state
 
 
 def expected_hf(megatron: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from torch.distributed.checkpoint import FileSystemReader, load
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from lucie_nemo.architecture import TINY, LucieShape
 from lucie_nemo.demo_scale import demo_phase
 from lucie_nemo.phases import PRETRAIN
 from lucie_nemo.schedule import PhaseSchedule
+from test_export import read_everything
 from universal_fixture import write_universal
 
 ITERATION = 3  # of the scaled-down phase 1 (lucie train --tiny)
@@ -68,16 +67,6 @@ def bridge_reference(universal: Path, out: Path) -> None:
                                       checkpointing_context=checkpointing.init_checkpointing_context(cfg.checkpoint))
 
 
-def _everything(folder: Path) -> tuple[dict[str, TensorStorageMetadata], dict]:
-    """(tensor metadata, every tensor and byte object) of a torch_dist checkpoint, read by torch's own load."""
-    reader = FileSystemReader(str(folder))
-    metadata = reader.read_metadata().state_dict_metadata
-    state = {key: torch.empty(list(item.size), dtype=item.properties.dtype) if isinstance(item, TensorStorageMetadata)
-             else None for key, item in metadata.items()}
-    load(state, storage_reader=reader, no_dist=True)
-    return {key: item for key, item in metadata.items() if isinstance(item, TensorStorageMetadata)}, state
-
-
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
     """(universal folder, the streamed import, the reference, what the import read and held)."""
@@ -110,8 +99,8 @@ def imported(tmp_path_factory):
 def test_the_streamed_import_is_bridges_checkpoint_bit_for_bit(imported):
     _, streamed, reference, _, _ = imported
     iteration = f"iter_{ITERATION:07d}"
-    written, tensors = _everything(streamed / iteration)
-    expected, reference_tensors = _everything(reference / iteration)
+    written, tensors = read_everything(streamed / iteration)
+    expected, reference_tensors = read_everything(reference / iteration)
     assert sorted(tensors) == sorted(reference_tensors)
     assert any(key.startswith("optimizer.state.exp_avg_sq.") for key in tensors)
     for key, value in reference_tensors.items():

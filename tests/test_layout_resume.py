@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.distributed.checkpoint import FileSystemReader, load
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint import FileSystemReader
 
 from lucie_nemo.demo import scalars
 from lucie_nemo.demo_scale import demo_phases
 from lucie_nemo.schedule import PhaseSchedule
+from test_export import read_everything
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,9 @@ def _iteration(run: Path, step: int) -> Path:
 
 def _tensors_and_common_state(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Every tensor of a torch_dist checkpoint, whole (model-space keys), and its common state."""
-    reader = FileSystemReader(str(checkpoint))
-    metadata = reader.read_metadata()
-    state = {key: torch.empty(list(item.size), dtype=item.properties.dtype)
-             for key, item in metadata.state_dict_metadata.items() if isinstance(item, TensorStorageMetadata)}
-    state["common_state/shard_0_1"] = None
-    load(state, storage_reader=reader, no_dist=True)
-    (common,) = state.pop("common_state/shard_0_1")
-    return state, common
+    _, state = read_everything(checkpoint)
+    (common,) = state["common_state/shard_0_1"]
+    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}, common
 
 
 def _written_by(checkpoint: Path) -> tuple[int, tuple[int, int]]:

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from lucie_nemo.memory_estimate import total_parameters
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 GIB = 2**30
@@ -57,13 +59,6 @@ def shape_of(layers: int, divisor: int):
                    num_query_groups=max(1, shape.num_query_groups // divisor))
 
 
-def parameter_count(shape) -> int:
-    h, d = shape.hidden_size, shape.head_dim
-    layer = 2 * h + h * (shape.num_attention_heads + 2 * shape.num_query_groups) * d + shape.num_attention_heads * d * h \
-        + 3 * h * shape.ffn_hidden_size
-    return 2 * shape.vocab_size * h + h + shape.num_layers * layer
-
-
 def bench_depth(layers: int, workdir: Path, tokenizer: Path, divisor: int, names: list[str]) -> dict[str, tuple[float, float]]:
     from universal_fixture import write_universal
 
@@ -73,7 +68,7 @@ def bench_depth(layers: int, workdir: Path, tokenizer: Path, divisor: int, names
     started = time.perf_counter()
     shape = shape_of(layers, divisor)
     write_universal(source, shape, iteration=5_000, std=0.02)
-    print(f"{layers} layers ({parameter_count(shape) / 1e6:.1f} M parameters): wrote the universal checkpoint in "
+    print(f"{layers} layers ({total_parameters(shape) / 1e6:.1f} M parameters): wrote the universal checkpoint in "
           f"{time.perf_counter() - started:.0f} s", flush=True)
     lucie = [sys.executable, "-m", "lucie_nemo.cli"]
     commands = {
@@ -87,7 +82,7 @@ def bench_depth(layers: int, workdir: Path, tokenizer: Path, divisor: int, names
             command = commands[name]
             results[name] = run_child(command, workdir / f"{layers}L_{name.split()[0]}.log")
             print(f"{layers} layers  {name:22s} {results[name][0]:8.1f} s  {results[name][1]:6.2f} GiB peak RSS, "
-                  f"{results[name][1] * GIB / parameter_count(shape):.1f} bytes per parameter", flush=True)
+                  f"{results[name][1] * GIB / total_parameters(shape):.1f} bytes per parameter", flush=True)
             shutil.rmtree(workdir / "imported", ignore_errors=True)
             shutil.rmtree(workdir / "exported", ignore_errors=True)
     finally:
@@ -108,8 +103,8 @@ def main() -> None:
     small, large = options.layers
     figures = {depth: bench_depth(depth, options.workdir, options.tokenizer, options.width_divisor, options.commands)
                for depth in (small, large)}
-    sizes = {depth: parameter_count(shape_of(depth, options.width_divisor)) for depth in (small, large)}
-    lucie = parameter_count(shape_of(32, 1))
+    sizes = {depth: total_parameters(shape_of(depth, options.width_divisor)) for depth in (small, large)}
+    lucie = total_parameters(shape_of(32, 1))
     for name in figures[small]:
         (t_small, m_small), (t_large, m_large) = figures[small][name], figures[large][name]
         per_parameter = (m_large - m_small) * GIB / (sizes[large] - sizes[small])  # bytes each added parameter costs

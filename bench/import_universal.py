@@ -13,7 +13,8 @@ count), and the ratio of the larger to the smaller depth's figures:
     .venv/bin/python bench/import_universal.py [--workdir DIR] [--layers 2 4] [--width-divisor 1]
         [--commands import "import --weights-only" export]
 
-Disk: the checkpoint of the largest depth plus one output at a time (about 18.5 GB at 4 layers).
+Disk: the checkpoint of the largest depth plus one output at a time (about 36 GB at 4 layers with the full import,
+whose output holds bf16 weights and 3 fp32 tensors per parameter; about 18.5 GB without it).
 """
 
 from __future__ import annotations

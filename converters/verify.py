@@ -3,7 +3,7 @@
 Each side is computed by its own library, one decoder layer at a time, so that memory stays bounded:
 the embedding, the output layer and one decoder layer in fp32, plus the prompts' hidden states.
 
-- Megatron: the modules of a one-layer Lucie GPTModel (lucie_nemo.model, megatron-core local layers, CPU,
+- Megatron: the modules of a one-layer Lucie GPTModel (lucie_nemo.model, megatron-core local layers,
   fp32), called in the order GPTModel.forward calls them. Layer i is loaded into its one decoder layer with
   megatron-core's dist_checkpointing, from layer i of the checkpoint's stacked tensors; weights are rounded
   to bf16, the precision of the published safetensors, so that the comparison measures the conversion, not
@@ -15,12 +15,14 @@ the embedding, the output layer and one decoder layer in fp32, plus the prompts'
 The Hugging Face side generates greedily (one pass over the layers per new token); the Megatron side then
 reads each prompt and that continuation once (teacher forcing): its own greedy continuation is the same iff
 its argmax at every continuation position is the next token. Prompts are tokenized with load_tokenizer.
+Both sides run on the GPU when there is one (fp32, TF32 off), else on the CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,6 +61,7 @@ DEFAULT_TOLERANCE = 1e-3
 DEFAULT_NEW_TOKENS = 8
 _LAYERS = "decoder.layers."  # megatron-core's name of the stacked decoder layers
 _HF_LAYERS = "model.layers."  # transformers' prefix of the decoder layers
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,17 @@ def own_continuation(logits: torch.Tensor, prompt_length: int, continuation: lis
     return tokens
 
 
+@contextlib.contextmanager
+def _fp32_matmuls() -> Iterator[None]:
+    """Full fp32 products on the GPU: TF32 off, as on the CPU, whatever the process set before."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def _round_to_bf16(module: torch.nn.Module) -> None:
     with torch.no_grad():
         for parameter in module.parameters():
@@ -215,12 +229,13 @@ class MegatronLayers:
 
     name = "megatron-core"
 
-    def __init__(self, checkpoint: CheckpointModel):
+    def __init__(self, checkpoint: CheckpointModel, device: torch.device = CPU):
         one_layer = dataclasses.replace(checkpoint.shape, num_layers=1)
         # The phase only sets context length and RoPE theta; theta is the one the checkpoint trained with.
         provider = local_provider(one_layer, PRETRAIN, torch.float32, rotary_base=checkpoint.rotary_base,
                                   perform_initialization=False)
-        self.model = provider.provide().eval()
+        self.device = device
+        self.model = provider.provide().eval().to(device)
         self.checkpoint = checkpoint
         self.num_layers = checkpoint.shape.num_layers
         self._load_outside_layers()
@@ -251,8 +266,8 @@ class MegatronLayers:
 
     def start(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """GPTModel._preprocess: the embedding [T, 1, H] and the rotary embedding of the sequence."""
-        model = self.model
-        hidden = model.embedding(input_ids=ids[None], position_ids=torch.arange(len(ids))[None])
+        model, ids = self.model, ids.to(self.device)
+        hidden = model.embedding(input_ids=ids[None], position_ids=torch.arange(len(ids), device=self.device)[None])
         rotary_seq_len = model.rotary_pos_emb.get_rotary_seq_len(None, model.decoder, hidden, model.config, None)
         return hidden, model.rotary_pos_emb(rotary_seq_len)
 
@@ -267,7 +282,7 @@ class MegatronLayers:
     def finish(self, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """The decoder's final norm, then GPTModel._postprocess's output layer."""
         logits, _ = self.model.output_layer(self.model.decoder.final_layernorm(state[0]))
-        return logits[:, 0].float()
+        return logits[:, 0].float().cpu()
 
 
 @dataclass(frozen=True)
@@ -284,23 +299,23 @@ class HuggingFaceLayers:
 
     name = "transformers"
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, device: torch.device = CPU):
         from transformers import LlamaConfig, LlamaForCausalLM
         from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-        self.folder = folder
+        self.folder, self.device = folder, device
         self.files = weight_map(folder)
         self.config = LlamaConfig.from_pretrained(folder, attn_implementation="eager")
         self.num_layers, self.config.num_hidden_layers = self.config.num_hidden_layers, 1
         with torch.device("meta"):  # weights are assigned when read
             self.model = LlamaForCausalLM(self.config).eval()
-        self.model.model.rotary_emb = LlamaRotaryEmbedding(self.config)  # buffers computed from the config
+        self.model.model.rotary_emb = LlamaRotaryEmbedding(self.config, device=device)  # buffers from the config
         outside = {name for name, _ in self.model.named_parameters() if not name.startswith(_HF_LAYERS)}
         self._assign(self.model, {name: name for name in outside})
 
     def _read(self, name: str) -> torch.Tensor:
         with safe_open(self.folder / self.files[name], framework="pt") as shard:
-            return shard.get_tensor(name).float()
+            return shard.get_tensor(name).float().to(self.device)
 
     def _assign(self, module: torch.nn.Module, names: dict[str, str]) -> None:
         """Read each of ``module``'s parameters (name in module -> name in the folder) and assign it."""
@@ -315,8 +330,8 @@ class HuggingFaceLayers:
         from transformers.masking_utils import create_causal_mask
 
         model = self.model.model
-        hidden = model.embed_tokens(ids[None])
-        position_ids = torch.arange(len(ids))[None]
+        hidden = model.embed_tokens(ids.to(self.device)[None])
+        position_ids = torch.arange(len(ids), device=self.device)[None]
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=None,
                                   past_key_values=None, position_ids=position_ids)
         return _HuggingFaceState(hidden, position_ids, mask, model.rotary_emb(hidden, position_ids=position_ids))
@@ -328,7 +343,7 @@ class HuggingFaceLayers:
         return dataclasses.replace(state, hidden=hidden)
 
     def finish(self, state: _HuggingFaceState) -> torch.Tensor:
-        return self.model.lm_head(self.model.model.norm(state.hidden))[0].float()
+        return self.model.lm_head(self.model.model.norm(state.hidden))[0].float().cpu()
 
 
 def _compare(languages: Iterable[str], prompts: list[torch.Tensor], hf_logits: list[torch.Tensor],
@@ -348,11 +363,12 @@ def verify(ckpt: str | Path, hf_dir: str | Path, tolerance: float = DEFAULT_TOLE
     checkpoint = checkpoint_model(ckpt, read_json(hf_dir / "config.json"))
     tokenizer = load_tokenizer(hf_dir)
     prompts = [torch.tensor(tokenizer.encode(text).ids) for text in PROMPTS.values()]
-    with torch.no_grad():
-        hf_logits, continuations = greedy(HuggingFaceLayers(hf_dir), prompts, new_tokens, progress)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else CPU
+    with torch.no_grad(), _fp32_matmuls():
+        hf_logits, continuations = greedy(HuggingFaceLayers(hf_dir, device), prompts, new_tokens, progress)
         # Prompt + continuation but its last token: the logits at the prompt's last position and after predict it.
         forced = [torch.cat([ids, torch.tensor(tokens[:-1], dtype=ids.dtype)])
                   for ids, tokens in zip(prompts, continuations)]
         with single_process_world():
-            megatron_logits = streamed_logits(MegatronLayers(checkpoint), forced, progress, "teacher-forced")
+            megatron_logits = streamed_logits(MegatronLayers(checkpoint, device), forced, progress, "teacher-forced")
     return VerifyResult(_compare(PROMPTS, prompts, hf_logits, continuations, megatron_logits), tolerance)

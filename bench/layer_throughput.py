@@ -46,6 +46,8 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         raise SystemExit("error: this benchmark needs a CUDA GPU")
+    if args.precision == "fp8" and not transformer_engine_installed():
+        raise SystemExit("Transformer Engine absent: FP8 not measured (install transformer-engine[pytorch])")
     provider = lucie_7b(num_layers=args.layers, seq_length=args.seq_length)
     if args.tp_shape > 1:  # one TP rank's GEMMs: fewer heads and a narrower FFN, same head size
         provider.num_attention_heads //= args.tp_shape

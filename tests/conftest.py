@@ -13,7 +13,7 @@ SHARED = REPO.parent / "shared"
 needs_shared = pytest.mark.skipif(not (SHARED / "lucie").is_dir(),
                                   reason=f"needs {SHARED / 'lucie'} (the real Lucie tokenizer and blend files)")
 # The GPU path (tests/test_gpu.py): Transformer Engine layers, bf16 and FP8, checkpoints, `lucie train` in FP8.
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Transformer Engine path)")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 GPU_TESTS = "test_gpu.py"
 
 

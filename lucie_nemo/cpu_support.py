@@ -177,43 +177,19 @@ def _cpu_tensors_typed_as_cuda():
         torch.Tensor.type = original
 
 
-TORCH_ADAM = (torch.optim.Adam, torch.optim.AdamW)  # megatron-core's Adam without Transformer Engine or Apex
-
-
 def _distributed_optimizer_on_cpu(original):
     """DistributedOptimizer._build_model_and_main_param_groups sorts parameters by ``param.type()``
     and refuses any that is not a torch.cuda one; let it see the CPU parameters' CUDA type names.
 
-    Without Transformer Engine or Apex it steps with torch's Adam, whose state holds a per-parameter
-    ``step`` tensor that two of its checkpoint paths mishandle (see the two methods below)."""
+    Without Transformer Engine or Apex it steps with torch's Adam: lucie_nemo.torch_adam's checkpoint
+    fixes apply (on a GPU without them too, where lucie_nemo.torch_adam.activate installs them alone)."""
+    from lucie_nemo.torch_adam import with_torch_adam_checkpoints
 
-    class DistributedOptimizer(original):
+    class DistributedOptimizer(with_torch_adam_checkpoints(original)):
         @classmethod
         def _build_model_and_main_param_groups(cls, *args, **kwargs):
             with _cpu_tensors_typed_as_cuda():
                 return super()._build_model_and_main_param_groups(*args, **kwargs)
-
-        def sharded_state_dict(self, model_sharded_state_dict, is_loading=False, **kwargs):
-            """state_dict() reads torch Adam's per-parameter ``step`` and asserts there is one; a load
-            into a fresh optimizer has no state yet: create it as Adam's first step would (zero
-            moments, step 0), as megatron-core's other optimizers do on load (init_state_fn)."""
-            if is_loading and not self.optimizer.state and isinstance(self.optimizer, TORCH_ADAM):
-                self.init_state_fn(self.optimizer, self.config)
-                for state in self.optimizer.state.values():
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-            return super().sharded_state_dict(model_sharded_state_dict, is_loading, **kwargs)
-
-        def _set_main_param_and_optimizer_states(self, model_param, tensors):
-            """The fully reshardable load passes every state tensor but ``step`` (restored from the
-            param groups by load_state_dict, as one tensor shared by all parameters, which Adam would
-            then advance once per parameter); upstream copies every state key from ``tensors``
-            (KeyError: 'step'). Keep the restored step, in a tensor of this parameter's own."""
-            group_index, group_order = self.model_param_group_index_map[model_param]
-            state = self.optimizer.state[self.optimizer.param_groups[group_index]["params"][group_order]]
-            if "step" in state and "step" not in tensors:
-                state["step"] = state["step"].clone()
-                tensors = {**tensors, "step": state["step"]}
-            super()._set_main_param_and_optimizer_states(model_param, tensors)
 
     DistributedOptimizer.__module__ = original.__module__
     return DistributedOptimizer

@@ -6,7 +6,7 @@ import importlib.util
 import logging
 import warnings
 
-from lucie_nemo import cpu_support
+from lucie_nemo import cpu_support, torch_adam
 
 _NOISY_LOGGERS = (
     "megatron.bridge.utils.import_utils",
@@ -47,11 +47,13 @@ def use_prebuilt_dataset_helpers() -> None:
 
 
 def prepare() -> None:
-    """Make megatron-core and Megatron-Bridge usable here (GPU as is; CPU through cpu_support)."""
+    """Make megatron-core and Megatron-Bridge usable here (GPU as is, torch Adam's checkpoints fixed where
+    neither Transformer Engine nor Apex is installed; CPU through cpu_support)."""
     quiet_imports()
     cpu_support.install_import_hook()
     use_prebuilt_dataset_helpers()
     cpu_support.activate()
+    torch_adam.activate()
     from lucie_nemo.training import keep_batch_rampup
 
     keep_batch_rampup()

@@ -95,13 +95,24 @@ def read_freeze(path: Path) -> dict[str, Version]:
     return found
 
 
-def select(carry: list[Pin], node_freeze: dict[str, Version]) -> tuple[list[Pin], list[Pin]]:
-    """(to carry, left to the node): a package leaves when the node's version meets every requirement on it."""
-    kept, left = [], []
-    for pin in carry:
-        node_version = node_freeze.get(pin.name)
-        fits = node_version is not None and requirements_on(pin.name, carry).contains(node_version, prereleases=True)
-        (left if fits else kept).append(pin)
+def _fits(name: str, version: Version | None, pins: list[Pin]) -> bool:
+    return version is not None and requirements_on(name, pins).contains(version, prereleases=True)
+
+
+def select(carry: list[Pin], node: list[str], node_freeze: dict[str, Version]) -> tuple[list[Pin], list[Pin]]:
+    """(to carry, left to the node): a package leaves when the node's version meets every requirement on it.
+    One of the node's own (``node``) is carried only where the freeze shows a version that does not fit;
+    torch never is."""
+    kept = [pin for pin in carry if not _fits(pin.name, node_freeze.get(pin.name), carry)]
+    left = [pin for pin in carry if pin not in kept]
+    for name in map(canonicalize_name, node):
+        version = node_freeze.get(name)
+        if version is None or _fits(name, version, carry):
+            continue
+        if name == "torch":
+            raise WheelhouseError(f"the node's torch {version} does not meet {requirements_on(name, carry)} "
+                                  "(the pinned stack's requirement): use a node image with a newer torch")
+        kept.append(installed_pin(name))
     return kept, left
 
 
@@ -136,14 +147,15 @@ def build_own_wheel(folder: Path) -> Pin:
 
 def node_requirements(node: list[str], left: list[Pin], carried: list[Pin]) -> list[str]:
     """What the carried packages expect on the node: its torch stack and what --node-freeze left there."""
-    names = [canonicalize_name(name) for name in node] + [pin.name for pin in left]
+    carried_names = {pin.name for pin in carried}
+    names = [name for name in map(canonicalize_name, node) if name not in carried_names] + [pin.name for pin in left]
     return [f"{name}{requirements_on(name, carried)}" for name in names]
 
 
 def build(out: Path, node_freeze: Path | None = None, max_mib: float = DEFAULT_MAX_MIB) -> list[Pin]:
     carry_names, node_names = read_config()
     pins = [installed_pin(name) for name in carry_names]
-    carried, left = select(pins, read_freeze(node_freeze) if node_freeze else {})
+    carried, left = select(pins, node_names, read_freeze(node_freeze) if node_freeze else {})
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo lock clean-venv
+.PHONY: setup test demo lock clean-venv wheelhouse
 
 setup: $(STAMP)
 
@@ -16,6 +16,11 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/lucie demo
+
+# wheelhouse/ for a GPU node without network (docs/launching.md): NODE_FREEZE=<the node's pip freeze>
+# leaves out what it has; MAX_MIB raises the 60 MiB cap (a node with only a torch needs about 185 MiB).
+wheelhouse: $(STAMP)
+	$(PY) scripts/wheelhouse.py $(if $(NODE_FREEZE),--node-freeze $(NODE_FREEZE)) $(if $(MAX_MIB),--max-mib $(MAX_MIB))
 
 # Re-freeze requirements.txt from the current venv (after changing a top-level pin).
 lock: $(STAMP)

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "wheelhouse.toml"
 MIB = 1024**2
 DEFAULT_MAX_MIB = 60
+FETCH_WORKERS = 6
 # pip matches manylinux tags exactly: every glibc level a pinned wheel may name, up to nvidia-resiliency-ext's
 # 2.39 (its wheels say 2.39 but need 2.32: scripts/install_wheelhouse.py installs it by tag, as setup_env.sh).
 PLATFORMS = ["manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64"] + [
@@ -152,6 +154,18 @@ def node_requirements(node: list[str], left: list[Pin], carried: list[Pin]) -> l
     return [f"{name}{requirements_on(name, carried)}" for name in names]
 
 
+def check_size(wheels: list[Path], max_mib: float) -> int:
+    """The wheels' total bytes; more than ``max_mib`` is refused with the largest ones named."""
+    size = sum(wheel.stat().st_size for wheel in wheels)
+    if size > max_mib * MIB:
+        largest = ", ".join(f"{w.name} ({w.stat().st_size / MIB:.1f} MiB)"
+                            for w in sorted(wheels, key=lambda w: -w.stat().st_size)[:3])
+        raise WheelhouseError(f"the wheels take {size / MIB:.1f} MiB, more than {max_mib:g} MiB; largest: {largest}. "
+                              "Pass the node's `pip freeze` as --node-freeze to leave out what it has, "
+                              "or raise --max-mib")
+    return size
+
+
 def build(out: Path, node_freeze: Path | None = None, max_mib: float = DEFAULT_MAX_MIB) -> list[Pin]:
     carry_names, node_names = read_config()
     pins = [installed_pin(name) for name in carry_names]
@@ -159,18 +173,14 @@ def build(out: Path, node_freeze: Path | None = None, max_mib: float = DEFAULT_M
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for pin in tqdm(carried, desc="wheels", unit="wheel"):
-        fetch_wheel(pin, staging)
+    with ThreadPoolExecutor(max_workers=FETCH_WORKERS) as pool:  # each fetch is a pip process, mostly waiting
+        list(tqdm(pool.map(lambda pin: fetch_wheel(pin, staging), carried), total=len(carried), desc="wheels",
+                  unit="wheel"))
     carried.append(build_own_wheel(staging))
     wheels = sorted(staging.glob("*.whl"))
     if len(wheels) != len(carried):
         raise WheelhouseError(f"{len(wheels)} wheels for {len(carried)} packages in {staging}: a name is listed twice")
-    size = sum(wheel.stat().st_size for wheel in wheels)
-    if size > max_mib * MIB:
-        largest = ", ".join(f"{w.name} ({w.stat().st_size / MIB:.1f} MiB)"
-                            for w in sorted(wheels, key=lambda w: -w.stat().st_size)[:3])
-        raise WheelhouseError(f"the wheels take {size / MIB:.1f} MiB, more than {max_mib:g} MiB; largest: {largest}. "
-                              "Pass the node's `pip freeze` as --node-freeze to leave out what it has")
+    size = check_size(wheels, max_mib)
     (staging / "requirements.txt").write_text("".join(f"{pin.line}\n" for pin in carried))
     (staging / "node-requirements.txt").write_text("".join(
         f"{line}\n" for line in node_requirements(node_names, left, carried)))

@@ -15,6 +15,10 @@ from lucie_nemo.architecture import LucieShape
 from lucie_nemo.memory_estimate import Split, total_parameters
 
 H100_BF16_DENSE_TFLOPS = 989.0
+# Measured: bench/layer_throughput.py on one H200 (bench/results/gpu_check-h200-2026-12-04-run1.log), four
+# full-width Lucie-7B layers, TP1, micro-batch 2, sequence 4,096, bf16, megatron-core's local layers (the node
+# had no Transformer Engine: unfused attention), 354.7 model TFLOP/s. H100 and H200 share the bf16 peak.
+MEASURED_BF16_TFLOPS = 354.7
 
 
 @dataclass(frozen=True)
@@ -25,10 +29,10 @@ class Hardware:
     memory_gib: float = 79.6  # 81,559 MiB as reported by nvidia-smi
     usable_fraction: float = 0.9  # headroom for what the estimate leaves out (allocator, CUDA context, NCCL)
     peak_bf16_tflops: float = H100_BF16_DENSE_TFLOPS
-    # Achieved dense compute per GPU for a TP1 PP1 Llama-3-8B-sized model. fp8: NVIDIA's published
-    # 744 model TFLOP/s (Megatron-Bridge performance summary, 25.11 container, LLAMA3_8B, 8 x H100,
-    # FP8-CS, seq 8192, mbs 1). bf16: no published H100 figure; 45% of the dense peak assumed.
-    tflops: dict[str, float] = field(default_factory=lambda: {"bf16": 0.45 * H100_BF16_DENSE_TFLOPS, "fp8": 744.0})
+    # Achieved dense compute per GPU for a TP1 PP1 Llama-3-8B-sized model. bf16: measured here (above).
+    # fp8: NVIDIA's published 744 model TFLOP/s (Megatron-Bridge performance summary, 25.11 container,
+    # LLAMA3_8B, 8 x H100, FP8-CS, seq 8192, mbs 1), not measured here (no Transformer Engine yet).
+    tflops: dict[str, float] = field(default_factory=lambda: {"bf16": MEASURED_BF16_TFLOPS, "fp8": 744.0})
     nvlink_gbytes_per_s: float = 360.0  # NVLink 4: 450 GB/s per direction, ~80% reached by NCCL
     network_gbytes_per_s: float = 50.0  # one 400 Gb/s InfiniBand NDR port per GPU (DGX H100 style)
 
@@ -40,8 +44,9 @@ class Hardware:
 ASSUMPTIONS = (
     "model FLOPs per token = 6 N + 12 L h s (N parameters, L layers, h hidden, s sequence); MFU against the "
     "H100 dense bf16 peak of 989 TFLOP/s",
-    "compute runs at the --tflops rate (default: fp8 744 TFLOP/s, NVIDIA's measured Llama-3-8B figure; "
-    "bf16 445 TFLOP/s = 45% of peak, an assumption until bench/gpu_check.sh measures it); full recompute adds "
+    "compute runs at the --tflops rate (default: bf16 354.7 TFLOP/s, measured on an H200 by bench/gpu_check.sh "
+    "with megatron-core's local layers, no Transformer Engine; fp8 744 TFLOP/s, NVIDIA's published Llama-3-8B "
+    "figure, not measured here); full recompute adds "
     "one forward pass (+1/3)",
     "pipeline bubble (PP - 1) / m of the compute for m micro-batches per step (1F1B, Narayanan et al. 2021)",
     "tensor parallel with sequence parallel: 10 all-gathers/reduce-scatters of s x b x h bf16 per layer and "

@@ -4,7 +4,9 @@ and the memory estimate against what megatron-core allocates and Megatron's own 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import typer
@@ -242,3 +244,13 @@ def test_layout_option_resolves_to_legs(megatron_runtime):
     assert rampup.train.rampup_batch_size == main.train.rampup_batch_size == [256, 64, 10_000_000]
     assert rampup.checkpoint.save == main.checkpoint.load and main.checkpoint.dist_ckpt_optim_fully_reshardable
     assert (main.model.tensor_model_parallel_size, main.train.micro_batch_size) == (1, 2)
+
+
+def test_the_default_bf16_rate_is_the_one_measured_on_a_gpu():
+    """lucie plan's bf16 compute rate: the fast main leg's layers measured by bench/gpu_check.sh on an H200."""
+    from lucie_nemo.throughput_estimate import Hardware
+
+    log = Path(__file__).resolve().parents[1] / "bench" / "results" / "gpu_check-h200-2026-12-04-run1.log"
+    stage = log.read_text().split("layers: fast main leg (TP1 PP1 mbs 2, 4 layers), bf16 (estimate")[1]
+    measured = float(re.search(r"([\d.]+) model TFLOP/s", stage)[1])
+    assert Hardware().tflops["bf16"] == measured == 354.7

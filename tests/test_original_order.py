@@ -1,0 +1,113 @@
+"""The original run's sample order (lucie_nemo.data.original_order) against the fork's own data code.
+
+The expected windows and blend indices were made by running OpenLLM-France/Megatron-DeepSpeed's
+``megatron/data`` code (a106b24) on the same synthetic datasets: tests/fixtures/original_order/README.md."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from pathlib import Path, PurePath
+
+import numpy as np
+import pytest
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.tokenizers.text.libraries.null_tokenizer import NullTokenizer
+
+from lucie_nemo.data import fork_rules
+from lucie_nemo.data.blends import phase_blend
+from lucie_nemo.data.original_order import build_original_order
+from lucie_nemo.phases import PRETRAIN
+from tests.original_order_data import (BLEND_CASES, BLEND_SAMPLES, SEED, SEQ_LENGTH, SINGLE_CASES, VOCAB,
+                                       single_case_samples, write_datasets)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "original_order"
+
+
+@pytest.fixture(scope="module")
+def prefixes(tmp_path_factory) -> dict[str, str]:
+    return write_datasets(tmp_path_factory.mktemp("original-order"))
+
+
+def gpt_config(blend, cache: Path) -> GPTDatasetConfig:
+    return GPTDatasetConfig(random_seed=SEED, sequence_length=SEQ_LENGTH, blend=blend, split="100,0,0",
+                            tokenizer=NullTokenizer(VOCAB), reset_position_ids=False, reset_attention_mask=False,
+                            eod_mask_loss=False, path_to_cache=str(cache))
+
+
+def windows(dataset, count: int) -> np.ndarray:
+    """The ``seq_length + 1`` tokens of each of the first ``count`` samples."""
+    return np.stack([np.append(item["tokens"], item["labels"][-1:]) for item in map(dataset.__getitem__,
+                                                                                    range(count))])
+
+
+def solo_tokens(prefixes) -> int:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    dataset = IndexedDataset(prefixes["Solo"])  # held: its arrays are views of its memory map
+    return int(dataset.sequence_lengths.sum())
+
+
+@pytest.mark.parametrize("case", list(SINGLE_CASES))
+def test_one_dataset_gives_the_forks_windows(case, prefixes, tmp_path) -> None:
+    samples = single_case_samples(solo_tokens(prefixes), case)
+    dataset = build_original_order(gpt_config(([prefixes["Solo"]], None), tmp_path), [samples, 0, 0])[0]
+    expected = np.load(FIXTURES / f"{case}.npz")["windows"]
+    assert expected.shape == (samples, SEQ_LENGTH + 1)
+    assert np.array_equal(windows(dataset, samples), expected)
+
+
+def test_megatron_cores_own_order_differs_from_the_forks_past_one_epoch(prefixes, tmp_path) -> None:
+    """The case the per-epoch shuffle exists for: megatron-core shuffles all epochs at once."""
+    samples = single_case_samples(solo_tokens(prefixes), "four_epochs")
+    config = gpt_config(([prefixes["Solo"]], None), tmp_path)
+    dataset = BlendedMegatronDatasetBuilder(GPTDataset, [samples, 0, 0], lambda: True, config).build()[0]
+    expected = np.load(FIXTURES / "four_epochs.npz")["windows"]
+    same = (windows(dataset, samples) == expected).all(axis=1)
+    assert same.sum() < samples // 10
+
+
+@pytest.mark.parametrize("case", list(BLEND_CASES))
+def test_a_blend_gives_the_forks_indices_and_windows(case, prefixes, tmp_path) -> None:
+    names, weights = zip(*BLEND_CASES[case])
+    blend = build_original_order(gpt_config(([prefixes[name] for name in names], list(weights)), tmp_path),
+                                 [BLEND_SAMPLES, 0, 0])[0]
+    expected = np.load(FIXTURES / f"{case}.npz")
+    assert len(blend) == len(expected["dataset_index"])
+    assert np.array_equal(blend.dataset_index, expected["dataset_index"])
+    assert np.array_equal(blend.dataset_sample_index, expected["dataset_sample_index"])
+    assert np.array_equal(windows(blend, len(blend)), expected["windows"])
+
+
+def test_the_blend_index_is_cached_under_its_own_key(prefixes, tmp_path) -> None:
+    names, weights = zip(*BLEND_CASES["years"])
+    config = gpt_config(([prefixes[name] for name in names], list(weights)), tmp_path)
+    built = build_original_order(config, [BLEND_SAMPLES, 0, 0])[0]
+    cached = sorted(path.name.split("-", 1)[1] for path in tmp_path.glob("*-OriginalOrderBlendedDataset-*"))
+    assert cached == ["OriginalOrderBlendedDataset-train-dataset_index.npy",
+                      "OriginalOrderBlendedDataset-train-dataset_sample_index.npy",
+                      "OriginalOrderBlendedDataset-train-description.txt"]
+    loaded = build_original_order(config, [BLEND_SAMPLES, 0, 0])[0]
+    assert isinstance(loaded.dataset_index, np.memmap)
+    assert np.array_equal(loaded.dataset_index, built.dataset_index)
+
+
+def test_phase1_blend_sizes_are_the_published_dsc() -> None:
+    """Lucie-Training's chronicles/pretrain/1_pretraining/7165e9faca31a46ed2eb11eee239c46d.dsc: the fork's
+    description of phase 1's blend (its md5 is its name)."""
+    path = FIXTURES / "7165e9faca31a46ed2eb11eee239c46d.dsc"
+    dsc = path.read_text()
+    assert hashlib.md5(dsc.encode()).hexdigest() == path.stem
+    published = re.findall(r"Data prefix (\S+)\nDataset name train\nNumber of samples (\d+)\n", dsc)
+    blend = phase_blend("pretrain", Path("/data"))
+    counts = fork_rules.dataset_samples(blend.weights, PRETRAIN.train_samples)
+    assert [PurePath(prefix).name for prefix in blend.prefixes] == [name for name, _ in published]
+    assert counts == [int(samples) for _, samples in published]
+    assert sum(counts) == int(re.search(r"\nSize: (\d+)", dsc)[1]) == 765_955_378
+    weights = np.array(fork_rules.normalized_weights(blend.weights))
+    assert f"Weights: {weights / np.sum(weights)}\n" in dsc
+    # megatron-core's own sizing of the same blend: sum(ceil(T * w))
+    megatron = np.array(blend.weights) / np.sum(blend.weights)
+    assert sum(math.ceil(PRETRAIN.train_samples * weight) for weight in megatron) == 762_144_653

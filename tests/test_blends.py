@@ -60,13 +60,14 @@ def test_embedded_blend_files_are_the_originals(name: str) -> None:
     assert (BLEND_FILES / name).read_bytes() == (ORIGINALS / name).read_bytes()
 
 
-def test_pretrain_blend_has_one_entry_per_csv_row_with_its_new_ratio() -> None:
+def test_pretrain_blend_has_one_entry_per_csv_row_with_its_new_ratio_printed_with_9_decimals() -> None:
     blend = phase_blend("pretrain", ROOT)
     table = rows("training_weights.csv")
     assert len(blend.prefixes) == len(table) == 140
     assert blend.prefixes == [str(ROOT / row["prefix"]) for row in table]
-    assert blend.weights == [float(row["new_ratio"]) for row in table]
-    assert math.fsum(blend.weights) == pytest.approx(1, abs=1e-12)
+    assert blend.weights == [round(float(row["new_ratio"]), 9) for row in table]
+    assert blend.weights[:2] == [0.052346326, 0.050133587]  # chronicles/pretrain/1_pretraining/training_weights_option.txt
+    assert math.fsum(blend.weights) == pytest.approx(1.000000001, abs=1e-15)
     assert blend.to_megatron() == (blend.prefixes, blend.weights)
 
 

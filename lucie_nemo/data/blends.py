@@ -4,7 +4,8 @@ Blend files come in the original run's formats; ``blend_files/`` beside this mod
 used by default (``pretrain``: ``training_weights.csv``, ``extension``: the folder itself, ``anneal``:
 ``annealing_mix.txt``). The form of a blend file decides how it is read:
 
-- a ``.csv`` file: one entry per row, the ``prefix`` column weighted by the ``new_ratio`` column;
+- a ``.csv`` file: one entry per row, the ``prefix`` column weighted by the ``new_ratio`` column printed with 9
+  decimals, as the original run passed it to Megatron (``--data-path``; the phase-1 ``.dsc`` confirms it);
 - a folder holding ``training_weights.csv``, ``training_weights_short.csv`` and
   ``training_weights_long.csv`` (phase 2, context extension): each subset of phase 1 (the web subsets
   split by year count as one subset each) keeps its phase-1 weight, shared between its part of documents
@@ -75,7 +76,8 @@ def read_blend_file(path: Path) -> list[tuple[str, float]]:
     if not path.is_file():
         raise UserError(f"blend file {path} does not exist: check the path")
     if path.suffix.lower() == ".csv":
-        return [(row["prefix"], _weight(row["new_ratio"], path, row["prefix"])) for row in _read_csv(path, "new_ratio")]
+        return [(row["prefix"], _printed(_weight(row["new_ratio"], path, row["prefix"])))
+                for row in _read_csv(path, "new_ratio")]
     return _weight_path_pairs(path)
 
 
@@ -124,6 +126,11 @@ def _weight(text: str, path: Path, prefix: str) -> float:
         return float(text)
     except ValueError:
         raise UserError(f"blend file {path}: weight {text!r} of {prefix} is not a number") from None
+
+
+def _printed(weight: float) -> float:
+    """``weight`` as the original run's blend scripts printed it for Megatron: 9 decimals."""
+    return float(f"{weight:.9f}")
 
 
 def _weight_path_pairs(path: Path) -> list[tuple[str, float]]:

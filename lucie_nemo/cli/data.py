@@ -167,7 +167,8 @@ def sources(
         from lucie_nemo.data.sources import list_dataset_files, phase_sources
 
         report = phase_sources(phase, list_dataset_files(dataset, revision, endpoint), dataset, revision,
-                               renormalize=renormalize, only=tuple(only or ()))
+                               renormalize=renormalize, only=tuple(only or ()),
+                               files_at=lambda branch: list_dataset_files(dataset, branch, endpoint))
         if as_json:
             typer.echo(json.dumps(report.to_json(), indent=2))
             return
@@ -261,7 +262,8 @@ def _build_on_cluster(config, cluster: str, site_config: Path | None, task_gb: f
     require_slurm(profile)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # nemo-run's import logs every request at INFO
     files = list_dataset_files(config.dataset, config.revision, config.endpoint)
-    report = phase_sources(config.phase, files, config.dataset, config.revision, only=config.only)
+    report = phase_sources(config.phase, files, config.dataset, config.revision, only=config.only,
+                           files_at=lambda branch: list_dataset_files(config.dataset, branch, config.endpoint))
     common = ["--data-root", data_root, "--dataset", config.dataset,
               "--revision", config.revision]
     common += ["--tokenizer", config.tokenizer] if tokenizer_given else []

@@ -5,14 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from conftest import needs_shared
 import typer
 from typer.testing import CliRunner
 
-from lucie_nemo.data.blends import BLEND_FILES, Blend, phase_blend, read_blend_file, validate_blend
+from lucie_nemo.data.blends import BLEND_FILES, Blend, original_counts, phase_blend, read_blend_file, validate_blend
+from lucie_nemo.data.sources import PHASE_VERSIONS
 from lucie_nemo.errors import UserError
 
 ORIGINALS = Path(__file__).resolve().parents[1].parent / "shared" / "lucie" / "data"
@@ -212,3 +213,21 @@ def test_cli_prints_and_checks_a_blend(tmp_path: Path) -> None:
     make_datasets(blend)
     result = CliRunner().invoke(app, ["data", "blend", "anneal", "--data-root", str(tmp_path), "--check"])
     assert result.exit_code == 0, result.output
+
+
+def test_original_counts_put_the_extension_on_v1_2_exactly_where_phase_2_counts_differ() -> None:
+    """The phase-2 CSVs' documents (short + long) differ from phase 1's for the four OCR-filtered v1.2 sources
+    and no other: the sources `lucie data sources extension` reads on the v1.2 branch."""
+    pretrain, extension = original_counts("pretrain"), original_counts("extension")
+    phase1 = {PurePosixPath(prefix).name: documents for prefix, (documents, _) in pretrain.items()}
+    phase2: dict[str, int] = {}
+    for prefix, (documents, _) in extension.items():
+        phase2[PurePosixPath(prefix).name] = phase2.get(PurePosixPath(prefix).name, 0) + documents
+    differ = {name.removesuffix("_text_document"): (phase1[name], documents)
+              for name, documents in phase2.items() if phase1[name] != documents}
+    assert differ == {"GallicaMonographies": (277_729, 220_351), "GallicaPress--html": (1_747_558, 989_114),
+                      "Pile--Ubuntu_IRC": (10_368, 9_007), "Pile--PhilPapers": (30_773, 28_106)}
+    assert set(differ) == set(PHASE_VERSIONS["extension"])
+    assert {version.version for version in PHASE_VERSIONS["extension"].values()} == {"v1.2"}
+    assert phase2["GallicaPress--txt_text_document"] == phase1["GallicaPress--txt_text_document"] == 1_460_734
+    assert original_counts("anneal") == {}

@@ -81,6 +81,15 @@ def read_blend_file(path: Path) -> list[tuple[str, float]]:
     return _weight_path_pairs(path)
 
 
+def original_counts(phase: str) -> dict[str, tuple[int, int]]:
+    """Prefix (relative to the data root) -> (documents, tokens) of the original run's datasets of ``phase``: the
+    ``total_sequences`` and ``total_tokens`` columns of its blend CSVs (none for the annealing mix)."""
+    source = DEFAULT_BLEND_FILES[get_phase(phase).blend]
+    tables = [SHORT_CSV, LONG_CSV] if source.is_dir() else [source.name] if source.suffix == ".csv" else []
+    return {row["prefix"]: (int(row["total_sequences"]), int(row["total_tokens"]))
+            for name in tables for row in _read_csv(BLEND_FILES / name, "total_sequences")}
+
+
 def validate_blend(blend: Blend) -> None:
     """Refuse a blend that training would reject or silently skew; the message names the entry and the fix."""
     if not blend.prefixes:

@@ -81,6 +81,16 @@ def test_a_blend_gives_the_forks_indices_and_windows(case, prefixes, tmp_path) -
     assert np.array_equal(windows(blend, len(blend)), expected["windows"])
 
 
+def test_the_year_curriculum_read_in_chunks_deals_the_same_slots(prefixes, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(fork_rules, "_CHUNK", 7)  # the groups' slots cross many chunk boundaries
+    names, weights = zip(*BLEND_CASES["years"])
+    blend = build_original_order(gpt_config(([prefixes[name] for name in names], list(weights)), tmp_path),
+                                 [BLEND_SAMPLES, 0, 0])[0]
+    expected = np.load(FIXTURES / "years.npz")
+    assert np.array_equal(blend.dataset_index, expected["dataset_index"])
+    assert np.array_equal(blend.dataset_sample_index, expected["dataset_sample_index"])
+
+
 def test_the_blend_index_is_cached_under_its_own_key(prefixes, tmp_path) -> None:
     names, weights = zip(*BLEND_CASES["years"])
     config = gpt_config(([prefixes[name] for name in names], list(weights)), tmp_path)
@@ -111,3 +121,20 @@ def test_phase1_blend_sizes_are_the_published_dsc() -> None:
     # megatron-core's own sizing of the same blend: sum(ceil(T * w))
     megatron = np.array(blend.weights) / np.sum(blend.weights)
     assert sum(math.ceil(PRETRAIN.train_samples * weight) for weight in megatron) == 762_144_653
+
+
+def test_year_groups_of_the_three_phases_whatever_the_data_root() -> None:
+    """Phase 1: the FineWebEdu and RedPajama fr/de/es/it years (62% of its slots); phase 2: none (the fork saw
+    full paths then, and `length-0-4096` holds the first 4-digit number); the annealing mix: none."""
+    def groups(phase: str) -> list[list[str]]:
+        prefixes = phase_blend(phase, Path("/scratch/2024/lucie")).prefixes
+        names = fork_rules.curriculum_names(prefixes)
+        return [[PurePath(prefixes[i]).name.removesuffix("_text_document") for i in group]
+                for group in fork_rules.year_groups(names)]
+
+    pretrain = groups("pretrain")
+    assert pretrain[0] == [f"FineWebEdu--cc-main-{year}" for year in range(2019, 2025)]
+    assert pretrain[1] == [f"RedPajama--fr--{year}" for year in range(2014, 2024)]
+    assert [group[0].rsplit("--", 1)[0] for group in pretrain[2:]] == ["RedPajama--de", "RedPajama--es",
+                                                                      "RedPajama--it"]
+    assert groups("extension") == [] and groups("anneal") == []

@@ -15,6 +15,7 @@ greedy blend index) is megatron-core's own. The functions here are pure numpy; `
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 
@@ -23,6 +24,7 @@ import numpy as np
 SAMPLE_MARGIN = 1.005  # the fork's extra 0.5% of samples per dataset
 LAST_EPOCH_SHARE = 0.80  # a last epoch needing less than this share of an epoch's samples is shuffled apart
 _YEAR = re.compile(r"\d{4}")
+_CHUNK = 1 << 24  # slots of the blend index handled at a time by the year curriculum
 
 
 def normalized_weights(weights: Sequence[float]) -> list[float]:
@@ -56,6 +58,16 @@ def samples_before_last_epoch(tokens_per_epoch: int, epochs: int, samples: int, 
     return before if samples - before < int(LAST_EPOCH_SHARE * per_epoch) else None
 
 
+def curriculum_names(paths: Sequence[str]) -> list[str]:
+    """The names the year search sees: each prefix below the blend's common folder. The original cluster's
+    folder held no 4-digit number, so these give the fork's groups whether it saw basenames (phase 1's ``.dsc``)
+    or full paths (from fork commit f0315d0, where phase 2's ``length-0-4096/`` holds one)."""
+    if len(paths) == 1:
+        return [os.path.basename(paths[0])]
+    root = os.path.commonpath(paths)
+    return [os.path.relpath(path, root) for path in paths]
+
+
 def year_groups(names: Sequence[str]) -> list[list[int]]:
     """Groups of dataset positions whose names differ only by their first 4-digit number, each in year order
     (then name order); groups of one are left out."""
@@ -69,12 +81,28 @@ def year_groups(names: Sequence[str]) -> list[list[int]]:
 
 def apply_year_curriculum(dataset_index: np.ndarray, sample_index: np.ndarray, groups: list[list[int]]) -> None:
     """Re-deal each group's slots of the blend, in place: in slot order, all of the first year's samples (in
-    sample order), then all of the next year's, ... The fork's swap loop gives exactly this, one slot at a time."""
-    for group in groups:
-        member = np.zeros(max(int(dataset_index.max()), *group) + 1, dtype=bool)
-        member[group] = True
-        slots = np.flatnonzero(member[dataset_index])
-        counts = np.bincount(dataset_index[slots], minlength=len(member))[group]
-        dataset_index[slots] = np.repeat(np.asarray(group, dtype=dataset_index.dtype), counts)
-        starts = np.cumsum(counts) - counts
-        sample_index[slots] = np.arange(len(slots), dtype=sample_index.dtype) - np.repeat(starts, counts)
+    sample order), then all of the next year's, ... The fork's swap loop gives exactly this, one slot at a time;
+    here the blend is read in chunks, with each group's running slot count."""
+    if not groups:
+        return
+    datasets = max(int(dataset_index.max()), *(position for group in groups for position in group)) + 1
+    counts = np.zeros(datasets, dtype=np.int64)
+    for start in range(0, len(dataset_index), _CHUNK):
+        counts += np.bincount(dataset_index[start:start + _CHUNK], minlength=datasets)
+    lookup = np.full(datasets, -1, dtype=np.int8)
+    members, ends = [], []
+    for number, group in enumerate(groups):
+        lookup[group] = number
+        members.append(np.asarray(group, dtype=dataset_index.dtype))
+        ends.append(np.cumsum(counts[group]))
+    dealt = np.zeros(len(groups), dtype=np.int64)
+    for start in range(0, len(dataset_index), _CHUNK):
+        chunk, samples = dataset_index[start:start + _CHUNK], sample_index[start:start + _CHUNK]
+        owner = lookup[chunk]
+        for number in range(len(groups)):
+            slots = np.flatnonzero(owner == number)
+            rank = dealt[number] + np.arange(len(slots))
+            year = np.searchsorted(ends[number], rank, side="right")
+            chunk[slots] = members[number][year]
+            samples[slots] = rank - (ends[number] - counts[groups[number]])[year]
+            dealt[number] += len(slots)

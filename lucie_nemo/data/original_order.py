@@ -9,8 +9,6 @@ megatron-core's own in a cache folder.
 from __future__ import annotations
 
 import os
-from pathlib import PurePath
-
 import numpy
 from megatron.core.datasets import helpers
 from megatron.core.datasets.blended_dataset import BlendedDataset
@@ -76,9 +74,8 @@ class OriginalOrderGPTDataset(GPTDataset):
 
 
 class OriginalOrderBlendedDataset(BlendedDataset):
-    """megatron-core's BlendedDataset whose index gets the fork's year curriculum once built.
-
-    Datasets are grouped by the file name of their prefix, as the original run's ``.dsc`` names them."""
+    """megatron-core's BlendedDataset whose index gets the fork's year curriculum once built (datasets grouped by
+    their prefix below the blend's common folder, ``fork_rules.curriculum_names``)."""
 
     def _build_indices(self) -> tuple[numpy.ndarray, numpy.ndarray]:
         _refuse_lazy_caches(self.config)
@@ -86,13 +83,18 @@ class OriginalOrderBlendedDataset(BlendedDataset):
         return _load_or_build(files, self.unique_description, self._indices)
 
     def _indices(self) -> tuple[numpy.ndarray, numpy.ndarray]:
-        dataset_index = numpy.zeros(self.size, dtype=numpy.int16)
-        sample_index = numpy.zeros(self.size, dtype=numpy.int64)
-        helpers.build_blending_indices(dataset_index, sample_index, self.weights, len(self.datasets), self.size,
-                                       False)
-        names = [PurePath(dataset.dataset_path).name for dataset in self.datasets]
-        fork_rules.apply_year_curriculum(dataset_index, sample_index, fork_rules.year_groups(names))
-        return dataset_index, sample_index
+        names = fork_rules.curriculum_names([dataset.dataset_path for dataset in self.datasets])
+        return blend_indices(self.weights, self.size, names)
+
+
+def blend_indices(weights: list[float], size: int, names: list[str]) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """The blend's dataset index and dataset sample index: megatron-core's greedy blend of ``weights`` (normalised)
+    over ``size`` slots, then the year curriculum among the datasets ``names``."""
+    dataset_index = numpy.zeros(size, dtype=numpy.int16)
+    sample_index = numpy.zeros(size, dtype=numpy.int64)
+    helpers.build_blending_indices(dataset_index, sample_index, weights, len(weights), size, False)
+    fork_rules.apply_year_curriculum(dataset_index, sample_index, fork_rules.year_groups(names))
+    return dataset_index, sample_index
 
 
 class OriginalOrderBuilder(BlendedMegatronDatasetBuilder):

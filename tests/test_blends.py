@@ -77,30 +77,32 @@ def test_extension_blend_weights_long_documents_ten_times() -> None:
     weights = dict(zip(blend.prefixes, blend.weights))
     short, long = by_subset("training_weights_short.csv"), by_subset("training_weights_long.csv")
     main = {name: float(row["new_ratio"]) for name, row in by_subset("training_weights.csv").items()}
-    # The original left out three tiny short parts (weights printing as 0.000000000) and renormalized.
+    # The original printed the weights with 9 decimals by increasing weight (collect_data_and_weights_extension.py)
+    # and left out three tiny short parts (printing as 0.000000000).
     dropped = {"Claire--en--ICSI", "Claire--fr--CFPP", "Claire--fr--LINAGORA"}
     assert len(blend.prefixes) == len(short) + len(long) - len(dropped) == 224
-    assert math.fsum(blend.weights) == pytest.approx(1, abs=1e-12)
+    assert blend.weights == sorted(blend.weights) and blend.weights[0] == 1e-9
+    assert all(weight == round(weight, 9) for weight in blend.weights)
+    assert math.fsum(blend.weights) == pytest.approx(1.000000001, abs=1e-15)
 
     def share(name: str, parent: float) -> tuple[float, float]:
         short_count = float(short[name]["reweighted_count"]) if name in short else 0.0
         long_count = 10 * float(long[name]["reweighted_count"]) if name in long else 0.0
         return parent * long_count / (short_count + long_count), parent * short_count / (short_count + long_count)
 
-    kept_mass = 1 - sum(share(name, main[name])[1] for name in dropped)
     # Subsets kept whole in phase 1: their weight splits between long and short parts.
     for name in ("PeS2o", "Wikipedia--fr", "TheStack--javascript", "Claire--fr--Senat", "Claire--en--DailyDialog"):
         long_weight, short_weight = share(name, main[name])
         if name in long:
-            assert weights[str(ROOT / long[name]["prefix"])] == pytest.approx(long_weight / kept_mass, rel=1e-12)
+            assert weights[str(ROOT / long[name]["prefix"])] == round(long_weight, 9)
         if name in short:
-            assert weights[str(ROOT / short[name]["prefix"])] == pytest.approx(short_weight / kept_mass, rel=1e-12)
+            assert weights[str(ROOT / short[name]["prefix"])] == round(short_weight, 9)
     # Yearly web subsets were split as one: the sum of their phase-1 weights is shared.
     finewebedu = sum(weight for name, weight in main.items() if name.startswith("FineWebEdu--"))
     long_weight, short_weight = share("FineWebEdu--cc-main-2024", finewebedu)
     prefix = "lucie_tokens_65k_splitted/length-{}/FineWebEdu--cc-main-2024_text_document"
-    assert weights[str(ROOT / prefix.format("4096-inf"))] == pytest.approx(long_weight / kept_mass, rel=1e-12)
-    assert weights[str(ROOT / prefix.format("0-4096"))] == pytest.approx(short_weight / kept_mass, rel=1e-12)
+    assert weights[str(ROOT / prefix.format("4096-inf"))] == round(long_weight, 9)
+    assert weights[str(ROOT / prefix.format("0-4096"))] == round(short_weight, 9)
     assert not any(f"/length-0-4096/{name}_text_document" in prefix for prefix in blend.prefixes for name in dropped)
     long_total = sum(weight for prefix, weight in weights.items() if "/length-4096-inf/" in prefix)
     assert long_total == pytest.approx(0.7467, abs=1e-4)

@@ -122,9 +122,9 @@ def test_phase_2_splits_at_4096_tokens(hub, tmp_path):
     long = json.loads((splitted / "length-4096-inf" / "Claire--en--MediaSum_text_document.stats.json").read_text())
     assert (short["documents"], short["document_tokens"], long["documents"], long["document_tokens"]) == (
         3, "<= 4096", 0, "> 4096")
-    assert (root / "blend-extension.txt").read_text().split()[1::2] == [
-        "lucie_tokens_65k_splitted/length-4096-inf/Claire--en--MediaSum_text_document",
+    assert (root / "blend-extension.txt").read_text().split()[1::2] == [  # the blend's order: increasing weight
         "lucie_tokens_65k_splitted/length-0-4096/Claire--en--MediaSum_text_document",
+        "lucie_tokens_65k_splitted/length-4096-inf/Claire--en--MediaSum_text_document",
     ]
 
 

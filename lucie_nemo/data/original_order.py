@@ -9,6 +9,7 @@ megatron-core's own in a cache folder.
 from __future__ import annotations
 
 import os
+
 import numpy
 from megatron.core.datasets import helpers
 from megatron.core.datasets.blended_dataset import BlendedDataset
@@ -33,16 +34,20 @@ def _cache_files(folder: str | None, dataset, names: tuple[str, ...]) -> list[st
 
 
 def _load_or_build(files: list[str] | None, description: str, build) -> tuple[numpy.ndarray, ...]:
-    """The arrays cached in ``files`` (memory-mapped), else ``build()``'s, saved there when there is a cache."""
+    """The arrays cached in ``files`` (memory-mapped), else ``build()``'s, saved there when there is a cache:
+    each file written whole then renamed, the description (``files[0]``) last."""
     if files and all(os.path.isfile(path) for path in files):
         return tuple(numpy.load(path, mmap_mode="r") for path in files[1:])
     arrays = build()
     if files:
         os.makedirs(os.path.dirname(files[0]), exist_ok=True)
-        with open(files[0], "w") as writer:
-            writer.write(description)
         for path, array in zip(files[1:], arrays):
-            numpy.save(path, array)
+            with open(f"{path}.tmp", "wb") as writer:
+                numpy.save(writer, array)
+            os.replace(f"{path}.tmp", path)
+        with open(f"{files[0]}.tmp", "w") as writer:
+            writer.write(description)
+        os.replace(f"{files[0]}.tmp", files[0])
     return arrays
 
 

@@ -111,3 +111,20 @@ def test_bad_input_is_one_clear_line(data, options, message) -> None:
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}")
+
+
+def test_the_recipe_reads_a_blend_in_the_phases_data_order(data, megatron_runtime) -> None:
+    from megatron.bridge.training.config import GPTDatasetConfig
+
+    from lucie_nemo.data.order_config import OriginalOrderDatasetConfig
+    from lucie_nemo.train import build_leg_config
+
+    root, blend = data
+    original, _ = build_leg_config("pretrain", tiny=True, data_root=root, blend_file=blend)
+    assert isinstance(original.dataset, OriginalOrderDatasetConfig)
+    assert original.dataset.train_samples == 762_144_586 // 150_000  # the tiny phase's, not train_iters x batch
+    assert original.dataset.gpt.path_to_cache == str(root / "index-cache")
+    megatron, _ = build_leg_config("pretrain", tiny=True, data_root=root, blend_file=blend,
+                                   phase_overrides={"data_order": "megatron"})
+    assert type(megatron.dataset) is GPTDatasetConfig
+    assert megatron.dataset.blend == original.dataset.gpt.blend

@@ -116,10 +116,12 @@ def samples(
 
         runtime.prepare()
         from lucie_nemo.data.samples import read_windows, train_dataset
-        from lucie_nemo.train import build_leg_config
+        from lucie_nemo.model import lucie_tiny
+        from lucie_nemo.recipe import phase_recipe
 
-        cfg, _ = build_leg_config(phase, tiny=tiny, layout="original", data_root=data_root, blend_file=blend_file,
-                                  phase_overrides=overrides)
+        # the recipe `lucie train` builds (its dataset does not depend on the layout)
+        cfg = phase_recipe(schedule.phase, data_root=data_root, blend_file=blend_file,
+                           model=lucie_tiny(schedule.phase) if tiny else None)
         windows = read_windows(train_dataset(cfg), wanted, schedule)
         if tokens_out is not None:
             _save_windows(tokens_out, [window.tokens for window in windows])

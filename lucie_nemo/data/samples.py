@@ -56,8 +56,10 @@ def train_dataset(cfg):
     from lucie_nemo.data.order_config import OriginalOrderDatasetConfig
 
     import logging
+    import warnings
 
     logging.getLogger("megatron.core.datasets").setLevel(logging.WARNING)  # a line per index file otherwise
+    warnings.filterwarnings("ignore", message=".*build_tokenizer.* is deprecated")  # Bridge's own, as setup uses
     dataset = cfg.dataset
     if getattr(dataset, "mock", False):
         raise UserError("this run reads mock data: give --data-root (and --blend-file) as to `lucie train`")

@@ -16,6 +16,7 @@ from fake_hub import DatasetHub, miniature_lucie_branches, miniature_lucie_datas
 from lucie_nemo.cli.data import data_app
 from lucie_nemo.data import prepare
 from lucie_nemo.data.blends import original_counts
+from lucie_nemo.data.build import BuildConfig, BuildTask, compare_with_original
 from lucie_nemo.data.sources import DATASET
 from original_rules import original_ids
 
@@ -178,3 +179,23 @@ def test_steps_build_the_datasets_then_write_the_blend(hub, tmp_path):
     blend = build(hub, "anneal", root, "Wikipedia--fr", step="blend")
     assert blend.exit_code == 0 and "built:" not in blend.output, blend.output
     assert (root / "blend-anneal.txt").read_text() == f"1.0 {GROUPED}/Wikipedia--fr_text_document\n"
+
+
+def test_the_count_check_names_every_mismatch(tmp_path):
+    counts = original_counts("pretrain")
+    same, other = (f"{GROUPED}/{name}_text_document" for name in ("Stac", "Europarl--fr"))
+    for prefix, extra_tokens in ((same, 0), (other, 1)):  # the second: the original's documents, one token more
+        documents, tokens = counts[prefix]
+        path = tmp_path / f"{prefix}.stats.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"documents": documents, "tokens": tokens + extra_tokens}))
+    tasks = [BuildTask(prefix, None, (), (), 0, (prefix,)) for prefix in (same, other)]
+    lines: list[str] = []
+    compare_with_original(BuildConfig("pretrain", tmp_path, str(TOKENIZER)), tasks, lines.append)
+    documents, tokens = counts[other]
+    assert lines == [f"differs from the original run: {other}: {documents:,} documents, {tokens + 1:,} tokens "
+                     f"(original: {documents:,}, {tokens:,})",
+                     "1 of 2 built prefixes have the original run's document and token counts"]
+    lines.clear()
+    compare_with_original(BuildConfig("anneal", tmp_path, str(TOKENIZER)), tasks, lines.append)
+    assert lines == ["no document or token counts of the original anneal datasets to compare with"]

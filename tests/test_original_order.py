@@ -138,3 +138,22 @@ def test_year_groups_of_the_three_phases_whatever_the_data_root() -> None:
     assert [group[0].rsplit("--", 1)[0] for group in pretrain[2:]] == ["RedPajama--de", "RedPajama--es",
                                                                       "RedPajama--it"]
     assert groups("extension") == [] and groups("anneal") == []
+
+
+def test_phase1_blend_index_with_its_year_curriculum_is_the_forks() -> None:
+    """Phase 1's 140 weights and prefix names over 100,000 slots: the fork's blending helper and swap-loop
+    curriculum (fixtures/original_order/phase1_blend.npz) against the vectorised one."""
+    from megatron.core.datasets.utils import normalize
+
+    from lucie_nemo.data.original_order import blend_indices
+
+    expected = np.load(FIXTURES / "phase1_blend.npz")
+    blend = phase_blend("pretrain", Path("/data"))
+    names = fork_rules.curriculum_names(blend.prefixes)
+    weights = normalize(fork_rules.normalized_weights(blend.weights))  # as OriginalOrderBlendedDataset gets them
+    dataset_index, sample_index = blend_indices(weights, 100_000, names)
+    assert np.array_equal(dataset_index, expected["dataset_index"])
+    assert np.array_equal(sample_index, expected["dataset_sample_index"])
+    web = [i for i, prefix in enumerate(blend.prefixes) if "FineWebEdu" in prefix]
+    first_2020 = np.flatnonzero(np.isin(dataset_index, [i for i in web if "2020" in blend.prefixes[i]]))[0]
+    assert all("2019" in blend.prefixes[i] for i in dataset_index[:first_2020] if i in web)

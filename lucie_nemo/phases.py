@@ -7,11 +7,12 @@ docs/training.md). Recipes, the schedule, converters and the CLI read them here.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from lucie_nemo.errors import UserError
 
 LRStyle = Literal["cosine", "constant", "linear"]
+DataOrder = Literal["original", "megatron"]  # the fork's sample stream, or megatron-core's (lucie_nemo.data)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class Phase:
     published_steps: tuple[int, ...] = ()  # steps released as Hub revisions
     optimizer: OptimizerSettings = OptimizerSettings()
     seed: int = 42
+    data_order: DataOrder = "original"  # the order the original run read its blend in
 
     def revision(self, step: int) -> str:
         """Hub revision name of this phase's checkpoint at ``step``."""
@@ -92,6 +94,17 @@ class Phase:
     def scaled(self, **changes) -> "Phase":
         """A copy with some fields changed (used by the tiny demo and by overrides)."""
         return replace(self, **changes)
+
+    def overridden(self, *, seq_length: int | None = None, seed: int | None = None,
+                   train_samples: int | None = None, data_order: str | None = None) -> "Phase":
+        """A copy with the data facts given on a command line (None: the phase's own), checked."""
+        if data_order is not None and data_order not in get_args(DataOrder):
+            raise UserError(f"unknown data order {data_order!r}: choose one of {', '.join(get_args(DataOrder))}")
+        for name, value in (("sequence length", seq_length), ("train samples", train_samples)):
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be a positive number, got {value}")
+        changes = dict(seq_length=seq_length, seed=seed, train_samples=train_samples, data_order=data_order)
+        return replace(self, **{name: value for name, value in changes.items() if value is not None})
 
 
 PHASE1_STEPS = 753_851

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from lucie_nemo.plan import LayoutChoice, Leg
 
 Precision = Literal["bf16", "fp8"]
+INDEX_CACHE = "index-cache"  # folder of the datasets' sample indices, under the data root
 
 # Megatron-Bridge mixed-precision presets. FP8 on Hopper: per-tensor *current* scaling
 # ("tensorwise"): no amax history to tune or to go stale after a data or LR change, the
@@ -111,7 +112,14 @@ def _dataset(phase: Phase, provider: LucieModelProvider, paths: RunPaths):
 
     blend = phase_blend(phase.blend, paths.data_root, paths.blend_file)
     validate_blend(blend)
-    return GPTDatasetConfig(blend=blend.to_megatron(), **common)
+    # one index cache beside the datasets, as the original run's --data-cache-path: the first rank builds the
+    # blend's index (766M slots in phase 1), the others and later runs load it
+    config = GPTDatasetConfig(blend=blend.to_megatron(), path_to_cache=str(paths.data_root / INDEX_CACHE), **common)
+    if phase.data_order == "megatron":
+        return config
+    from lucie_nemo.data.order_config import OriginalOrderDatasetConfig
+
+    return OriginalOrderDatasetConfig.wrapping(config, phase.train_samples)
 
 
 def build_config(

@@ -21,6 +21,7 @@ def build_leg_config(
     vocab_size: int | None = None,
     layout: str = "fast",
     leg: str | None = None,
+    phase_overrides: dict | None = None,
     **recipe_options,
 ):
     """The recipe of ``phase`` in ``layout`` (lucie_nemo.plan.layout_legs; ``leg`` names the leg when
@@ -28,7 +29,8 @@ def build_leg_config(
     batches that leg's steps use.
 
     ``tiny`` trains the scaled-down phases (lucie_nemo.demo_scale) on a tiny Lucie-shaped model, in the
-    demo's own layout (TP1 PP1) or the ``TPxPPxCP`` one given (micro-batch 1).
+    demo's own layout (TP1 PP1) or the ``TPxPPxCP`` one given (micro-batch 1). ``phase_overrides`` change the
+    phase's data facts (Phase.overridden: seq_length, seed, train_samples, data_order).
     """
     from megatron.bridge.training.utils.omegaconf_utils import process_config_with_overrides
 
@@ -37,7 +39,7 @@ def build_leg_config(
                                  parse_split, select_leg)
     from lucie_nemo.recipe import leg_recipe, phase_recipe
 
-    selected = trained_phase(phase, tiny)
+    selected = trained_phase(phase, tiny, phase_overrides)
     if tiny:
         from lucie_nemo.model import TINY, lucie_tiny
 
@@ -60,8 +62,9 @@ def build_leg_config(
     return cfg, batch_sizes
 
 
-def trained_phase(phase: str, tiny: bool = False):
-    """The facts of ``phase`` as trained: Lucie's, or scaled down by lucie_nemo.demo_scale with ``tiny``."""
+def trained_phase(phase: str, tiny: bool = False, overrides: dict | None = None):
+    """The facts of ``phase`` as trained: Lucie's, or scaled down by lucie_nemo.demo_scale with ``tiny``, with
+    ``overrides`` (Phase.overridden) applied."""
     from lucie_nemo.phases import get_phase
 
     selected = get_phase(phase)
@@ -69,7 +72,7 @@ def trained_phase(phase: str, tiny: bool = False):
         from lucie_nemo.demo_scale import demo_phase
 
         selected = demo_phase(selected)
-    return selected
+    return selected.overridden(**(overrides or {}))
 
 
 def train_phase(phase: str, **options) -> None:
@@ -101,7 +104,7 @@ def train_phase(phase: str, **options) -> None:
     check_layout(cfg, _world_size(), batch_sizes)
     _single_process_defaults()
     if os.environ["RANK"] == "0":
-        _record_plan(cfg, trained_phase(phase, options.get("tiny", False)))
+        _record_plan(cfg, trained_phase(phase, options.get("tiny", False), options.get("phase_overrides")))
     pretrain(cfg, forward_step)
 
 

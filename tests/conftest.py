@@ -54,11 +54,11 @@ def world(megatron_runtime):
 @pytest.fixture()
 def dataset_hub(monkeypatch, tmp_path):
     """A local fake Hub serving the miniature Lucie training dataset; the data-source cache in ``tmp_path``."""
-    from fake_hub import DatasetHub, miniature_lucie_dataset
+    from fake_hub import DatasetHub, miniature_lucie_branches, miniature_lucie_dataset
     from lucie_nemo.data.sources import DATASET
 
     with DatasetHub() as running:
-        running.add_dataset(DATASET, miniature_lucie_dataset())
+        running.add_dataset(DATASET, miniature_lucie_dataset(), miniature_lucie_branches())
         monkeypatch.setenv("LUCIE_CACHE", str(tmp_path / "cache"))
         yield running
 

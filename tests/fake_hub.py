@@ -350,16 +350,22 @@ class DatasetHub(FakeHub):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.datasets: dict[str, dict[str, bytes]] = {}  # repo id -> path -> content, at revision "main"
+        self.datasets: dict[str, dict[str, dict[str, bytes]]] = {}  # repo id -> branch -> path -> content
 
-    def add_dataset(self, repo_id: str, files: dict[str, bytes]) -> str:
-        """Publish a dataset repository; returns the oid of its only commit."""
-        self.datasets[repo_id] = dict(files)
+    def add_dataset(self, repo_id: str, files: dict[str, bytes], branches: dict[str, dict[str, bytes]] | None = None) -> str:
+        """Publish a dataset repository (``files`` on main, other ``branches``); returns main's commit oid."""
+        self.datasets[repo_id] = {MAIN: dict(files), **{name: dict(tree) for name, tree in (branches or {}).items()}}
         return self.dataset_oid(repo_id)
 
-    def dataset_oid(self, repo_id: str) -> str:
-        tree = {path: StoredFile(content, lfs=False) for path, content in self.datasets[repo_id].items()}
-        return _new_commit("dataset", tree, tuple(tree), salt=repo_id).oid
+    def dataset_oid(self, repo_id: str, branch: str = MAIN) -> str:
+        tree = {path: StoredFile(content, lfs=False) for path, content in self.datasets[repo_id][branch].items()}
+        return _new_commit("dataset", tree, tuple(tree), salt=f"{repo_id}@{branch}").oid
+
+    def _dataset_branch(self, repo: str, revision: str) -> str:
+        for branch in self.datasets[repo]:
+            if revision in (branch, self.dataset_oid(repo, branch)):
+                return branch
+        raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
 
     def _routes(self) -> list[tuple[str, str, bool, Callable[..., Reply]]]:
         return [
@@ -373,9 +379,7 @@ class DatasetHub(FakeHub):
     def _dataset_files(self, repo: str, revision: str) -> dict[str, bytes]:
         if repo not in self.datasets:
             raise HubError(404, "Repository not found", "RepoNotFound")
-        if revision not in (MAIN, self.dataset_oid(repo)):
-            raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
-        return self.datasets[repo]
+        return self.datasets[repo][self._dataset_branch(repo, revision)]
 
     def _dataset_tree(self, repo: str, revision: str, body: bytes, folder: str = "") -> Reply:
         files = self._dataset_files(repo, revision)
@@ -391,7 +395,8 @@ class DatasetHub(FakeHub):
     def _dataset_info(self, repo: str, body: bytes, revision: str = MAIN) -> Reply:
         files = self._dataset_files(repo, revision)
         siblings = [{"rfilename": path} for path in sorted(files)]
-        return Reply(200, {"id": repo, "sha": self.dataset_oid(repo), "private": False, "siblings": siblings})
+        sha = self.dataset_oid(repo, self._dataset_branch(repo, revision))
+        return Reply(200, {"id": repo, "sha": sha, "private": False, "siblings": siblings})
 
     def _dataset_resolve(self, repo: str, revision: str, path: str, body: bytes) -> Reply:
         files = self._dataset_files(repo, revision)
@@ -399,7 +404,7 @@ class DatasetHub(FakeHub):
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound")
         content = files[path]
         headers = {
-            "X-Repo-Commit": self.dataset_oid(repo),
+            "X-Repo-Commit": self.dataset_oid(repo, self._dataset_branch(repo, revision)),
             "ETag": f'"{StoredFile(content, False).oid}"',
         }
         return Reply(200, headers=headers, raw=content)
@@ -447,3 +452,14 @@ def miniature_lucie_dataset() -> dict[str, bytes]:
         "README.md": b"---\npretty_name: Lucie Training Dataset (miniature)\n---\n",
     }
     return files
+
+
+def miniature_lucie_branches() -> dict[str, dict[str, bytes]]:
+    """The miniature dataset's other branches: ``v1.2`` with OCR-filtered GallicaMonographies and Pile--Ubuntu_IRC
+    under ``data/v1.2/`` (the releases phase 2 trained those on)."""
+    base = "data/v1.2/natural"
+    return {"v1.2": {
+        f"{base}/fr/GallicaMonographies/GallicaMonographies.parquet": _documents("gallica-v1.2", 3),
+        f"{base}/en/Pile/Pile--Ubuntu_IRC.parquet": _documents("ubuntu-v1.2", 2),
+        "README.md": b"---\npretty_name: Lucie Training Dataset v1.2 (miniature)\n---\n",
+    }}

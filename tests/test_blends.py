@@ -5,14 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from conftest import needs_shared
 import typer
 from typer.testing import CliRunner
 
-from lucie_nemo.data.blends import BLEND_FILES, Blend, phase_blend, read_blend_file, validate_blend
+from lucie_nemo.data.blends import BLEND_FILES, Blend, original_counts, phase_blend, read_blend_file, validate_blend
+from lucie_nemo.data.sources import PHASE_VERSIONS
 from lucie_nemo.errors import UserError
 
 ORIGINALS = Path(__file__).resolve().parents[1].parent / "shared" / "lucie" / "data"
@@ -60,13 +61,14 @@ def test_embedded_blend_files_are_the_originals(name: str) -> None:
     assert (BLEND_FILES / name).read_bytes() == (ORIGINALS / name).read_bytes()
 
 
-def test_pretrain_blend_has_one_entry_per_csv_row_with_its_new_ratio() -> None:
+def test_pretrain_blend_has_one_entry_per_csv_row_with_its_new_ratio_printed_with_9_decimals() -> None:
     blend = phase_blend("pretrain", ROOT)
     table = rows("training_weights.csv")
     assert len(blend.prefixes) == len(table) == 140
     assert blend.prefixes == [str(ROOT / row["prefix"]) for row in table]
-    assert blend.weights == [float(row["new_ratio"]) for row in table]
-    assert math.fsum(blend.weights) == pytest.approx(1, abs=1e-12)
+    assert blend.weights == [round(float(row["new_ratio"]), 9) for row in table]
+    assert blend.weights[:2] == [0.052346326, 0.050133587]  # chronicles/pretrain/1_pretraining/training_weights_option.txt
+    assert math.fsum(blend.weights) == pytest.approx(1.000000001, abs=1e-15)
     assert blend.to_megatron() == (blend.prefixes, blend.weights)
 
 
@@ -75,30 +77,32 @@ def test_extension_blend_weights_long_documents_ten_times() -> None:
     weights = dict(zip(blend.prefixes, blend.weights))
     short, long = by_subset("training_weights_short.csv"), by_subset("training_weights_long.csv")
     main = {name: float(row["new_ratio"]) for name, row in by_subset("training_weights.csv").items()}
-    # The original left out three tiny short parts (weights printing as 0.000000000) and renormalized.
+    # The original printed the weights with 9 decimals by increasing weight (collect_data_and_weights_extension.py)
+    # and left out three tiny short parts (printing as 0.000000000).
     dropped = {"Claire--en--ICSI", "Claire--fr--CFPP", "Claire--fr--LINAGORA"}
     assert len(blend.prefixes) == len(short) + len(long) - len(dropped) == 224
-    assert math.fsum(blend.weights) == pytest.approx(1, abs=1e-12)
+    assert blend.weights == sorted(blend.weights) and blend.weights[0] == 1e-9
+    assert all(weight == round(weight, 9) for weight in blend.weights)
+    assert math.fsum(blend.weights) == pytest.approx(1.000000001, abs=1e-15)
 
     def share(name: str, parent: float) -> tuple[float, float]:
         short_count = float(short[name]["reweighted_count"]) if name in short else 0.0
         long_count = 10 * float(long[name]["reweighted_count"]) if name in long else 0.0
         return parent * long_count / (short_count + long_count), parent * short_count / (short_count + long_count)
 
-    kept_mass = 1 - sum(share(name, main[name])[1] for name in dropped)
     # Subsets kept whole in phase 1: their weight splits between long and short parts.
     for name in ("PeS2o", "Wikipedia--fr", "TheStack--javascript", "Claire--fr--Senat", "Claire--en--DailyDialog"):
         long_weight, short_weight = share(name, main[name])
         if name in long:
-            assert weights[str(ROOT / long[name]["prefix"])] == pytest.approx(long_weight / kept_mass, rel=1e-12)
+            assert weights[str(ROOT / long[name]["prefix"])] == round(long_weight, 9)
         if name in short:
-            assert weights[str(ROOT / short[name]["prefix"])] == pytest.approx(short_weight / kept_mass, rel=1e-12)
+            assert weights[str(ROOT / short[name]["prefix"])] == round(short_weight, 9)
     # Yearly web subsets were split as one: the sum of their phase-1 weights is shared.
     finewebedu = sum(weight for name, weight in main.items() if name.startswith("FineWebEdu--"))
     long_weight, short_weight = share("FineWebEdu--cc-main-2024", finewebedu)
     prefix = "lucie_tokens_65k_splitted/length-{}/FineWebEdu--cc-main-2024_text_document"
-    assert weights[str(ROOT / prefix.format("4096-inf"))] == pytest.approx(long_weight / kept_mass, rel=1e-12)
-    assert weights[str(ROOT / prefix.format("0-4096"))] == pytest.approx(short_weight / kept_mass, rel=1e-12)
+    assert weights[str(ROOT / prefix.format("4096-inf"))] == round(long_weight, 9)
+    assert weights[str(ROOT / prefix.format("0-4096"))] == round(short_weight, 9)
     assert not any(f"/length-0-4096/{name}_text_document" in prefix for prefix in blend.prefixes for name in dropped)
     long_total = sum(weight for prefix, weight in weights.items() if "/length-4096-inf/" in prefix)
     assert long_total == pytest.approx(0.7467, abs=1e-4)
@@ -211,3 +215,21 @@ def test_cli_prints_and_checks_a_blend(tmp_path: Path) -> None:
     make_datasets(blend)
     result = CliRunner().invoke(app, ["data", "blend", "anneal", "--data-root", str(tmp_path), "--check"])
     assert result.exit_code == 0, result.output
+
+
+def test_original_counts_put_the_extension_on_v1_2_exactly_where_phase_2_counts_differ() -> None:
+    """The phase-2 CSVs' documents (short + long) differ from phase 1's for the four OCR-filtered v1.2 sources
+    and no other: the sources `lucie data sources extension` reads on the v1.2 branch."""
+    pretrain, extension = original_counts("pretrain"), original_counts("extension")
+    phase1 = {PurePosixPath(prefix).name: documents for prefix, (documents, _) in pretrain.items()}
+    phase2: dict[str, int] = {}
+    for prefix, (documents, _) in extension.items():
+        phase2[PurePosixPath(prefix).name] = phase2.get(PurePosixPath(prefix).name, 0) + documents
+    differ = {name.removesuffix("_text_document"): (phase1[name], documents)
+              for name, documents in phase2.items() if phase1[name] != documents}
+    assert differ == {"GallicaMonographies": (277_729, 220_351), "GallicaPress--html": (1_747_558, 989_114),
+                      "Pile--Ubuntu_IRC": (10_368, 9_007), "Pile--PhilPapers": (30_773, 28_106)}
+    assert set(differ) == set(PHASE_VERSIONS["extension"])
+    assert {version.version for version in PHASE_VERSIONS["extension"].values()} == {"v1.2"}
+    assert phase2["GallicaPress--txt_text_document"] == phase1["GallicaPress--txt_text_document"] == 1_460_734
+    assert original_counts("anneal") == {}

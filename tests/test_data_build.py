@@ -12,9 +12,11 @@ import pytest
 from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
-from fake_hub import DatasetHub, miniature_lucie_dataset, parquet_bytes
+from fake_hub import DatasetHub, miniature_lucie_branches, miniature_lucie_dataset, parquet_bytes
 from lucie_nemo.cli.data import data_app
 from lucie_nemo.data import prepare
+from lucie_nemo.data.blends import original_counts
+from lucie_nemo.data.build import BuildConfig, BuildTask, compare_with_original
 from lucie_nemo.data.sources import DATASET
 from original_rules import original_ids
 
@@ -86,6 +88,15 @@ def test_build_interrupted_and_resumed_gives_the_same_bytes(hub, tmp_path, monke
     stats = json.loads((root / GROUPED / "TheStack--python_text_document.stats.json").read_text())
     assert (stats["documents"], stats["empty_documents"]) == (3, 1)
 
+    counts = original_counts("pretrain")
+    for name in ("RedPajama--fr--2019", "Claire--en--MediaSum", "TheStack--python"):
+        prefix = f"{GROUPED}/{name}_text_document"
+        stats = json.loads((root / f"{prefix}.stats.json").read_text())
+        documents, tokens = counts[prefix]
+        assert (f"differs from the original run: {prefix}: {stats['documents']:,} documents, {stats['tokens']:,} "
+                f"tokens (original: {documents:,}, {tokens:,})") in result.output.splitlines()
+    assert "0 of 3 built prefixes have the original run's document and token counts" in result.output
+
     blend = (root / "blend-pretrain.txt").read_text().split()
     assert blend[1::2] == [f"{GROUPED}/{name}_text_document" for name in
                            ("RedPajama--fr--2019", "TheStack--python", "Claire--en--MediaSum")]  # the blend's order
@@ -112,10 +123,27 @@ def test_phase_2_splits_at_4096_tokens(hub, tmp_path):
     long = json.loads((splitted / "length-4096-inf" / "Claire--en--MediaSum_text_document.stats.json").read_text())
     assert (short["documents"], short["document_tokens"], long["documents"], long["document_tokens"]) == (
         3, "<= 4096", 0, "> 4096")
-    assert (root / "blend-extension.txt").read_text().split()[1::2] == [
-        "lucie_tokens_65k_splitted/length-4096-inf/Claire--en--MediaSum_text_document",
+    assert (root / "blend-extension.txt").read_text().split()[1::2] == [  # the blend's order: increasing weight
         "lucie_tokens_65k_splitted/length-0-4096/Claire--en--MediaSum_text_document",
+        "lucie_tokens_65k_splitted/length-4096-inf/Claire--en--MediaSum_text_document",
     ]
+
+
+def test_the_extension_builds_gallica_monographies_from_the_v1_2_branch(hub, tmp_path):
+    reference = Tokenizer.from_file(str(TOKENIZER / "tokenizer.json"))
+    root = tmp_path / "root"
+    result = build(hub, "extension", root, "GallicaMonographies")
+    assert result.exit_code == 0, result.output
+    v12 = miniature_lucie_branches()["v1.2"]
+    expected = [original_ids(reference, text)
+                for text in texts(v12, "data/v1.2/natural/fr/GallicaMonographies/GallicaMonographies.parquet")]
+    short = "lucie_tokens_65k_splitted/length-0-4096/GallicaMonographies_text_document"
+    assert read_dataset(root / short) == expected
+    assert (root / ".build" / "hub" / f"{DATASET.replace('/', '--')}@v1.2").is_dir()
+    tokens = sum(map(len, expected))
+    assert f"differs from the original run: {short}: 3 documents, {tokens:,} tokens (original: 26,418, 58,761,697)" \
+        in result.output.splitlines()
+    assert "0 of 2 built prefixes have the original run's document and token counts" in result.output
 
 
 def test_bad_input_is_one_error_line(hub, tmp_path):
@@ -151,3 +179,23 @@ def test_steps_build_the_datasets_then_write_the_blend(hub, tmp_path):
     blend = build(hub, "anneal", root, "Wikipedia--fr", step="blend")
     assert blend.exit_code == 0 and "built:" not in blend.output, blend.output
     assert (root / "blend-anneal.txt").read_text() == f"1.0 {GROUPED}/Wikipedia--fr_text_document\n"
+
+
+def test_the_count_check_names_every_mismatch(tmp_path):
+    counts = original_counts("pretrain")
+    same, other = (f"{GROUPED}/{name}_text_document" for name in ("Stac", "Europarl--fr"))
+    for prefix, extra_tokens in ((same, 0), (other, 1)):  # the second: the original's documents, one token more
+        documents, tokens = counts[prefix]
+        path = tmp_path / f"{prefix}.stats.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"documents": documents, "tokens": tokens + extra_tokens}))
+    tasks = [BuildTask(prefix, None, (), (), 0, (prefix,)) for prefix in (same, other)]
+    lines: list[str] = []
+    compare_with_original(BuildConfig("pretrain", tmp_path, str(TOKENIZER)), tasks, lines.append)
+    documents, tokens = counts[other]
+    assert lines == [f"differs from the original run: {other}: {documents:,} documents, {tokens + 1:,} tokens "
+                     f"(original: {documents:,}, {tokens:,})",
+                     "1 of 2 built prefixes have the original run's document and token counts"]
+    lines.clear()
+    compare_with_original(BuildConfig("anneal", tmp_path, str(TOKENIZER)), tasks, lines.append)
+    assert lines == ["no document or token counts of the original anneal datasets to compare with"]

@@ -118,11 +118,11 @@ def test_phase_2_split_pairs_stay_in_one_job_and_only_reaches_the_blend_job(hub,
     result = dry_run(hub, "extension", tmp_path / "data", "--cluster", "jeanzay", "--task-gb", "0.000001",
                      "--only", "Claire--en--MediaSum", "--only", "Wikipedia--fr")
     jobs = scripts(result)
-    assert {name: only(command) for name, (_, command) in jobs.items()} == {
-        "data-001": [f"lucie_tokens_65k_splitted/length-{part}/Wikipedia--fr_text_document"
-                     for part in ("4096-inf", "0-4096")],
-        "data-002": [f"lucie_tokens_65k_splitted/length-{part}/Claire--en--MediaSum_text_document"
-                     for part in ("4096-inf", "0-4096")],
+    assert {name: only(command) for name, (_, command) in jobs.items()} == {  # the blend's order: increasing weight
+        "data-001": [f"lucie_tokens_65k_splitted/length-{part}/Claire--en--MediaSum_text_document"
+                     for part in ("0-4096", "4096-inf")],
+        "data-002": [f"lucie_tokens_65k_splitted/length-{part}/Wikipedia--fr_text_document"
+                     for part in ("0-4096", "4096-inf")],
         "data-blend": ["Claire--en--MediaSum", "Wikipedia--fr"],  # the blend file of the prefixes asked for
     }
     assert all(sbatch.splitlines()[1].startswith("# lucie: PLACEHOLDER values") for sbatch, _ in jobs.values())

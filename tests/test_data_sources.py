@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from lucie_nemo.cli.data import data_app
 from lucie_nemo.data.sources import DATASET, dataset_name, list_dataset_files, phase_sources
+from lucie_nemo.errors import UserError
 
 NATURAL = "data/v1.1/natural"
 
@@ -48,7 +49,7 @@ def test_prefixes_resolve_to_the_files_of_the_original_names_and_groups(hub):
     assert sources["Wikipedia--fr"].files == [f"{NATURAL}/fr/Wikipedia/Wikipedia--fr.parquet"]
     assert sources["Wikipedia--fr"].bytes == files[f"{NATURAL}/fr/Wikipedia/Wikipedia--fr.parquet"]
     assert sources["PeS2o"].files == [] and sources["PeS2o"].missing == (
-        f"no file {NATURAL}/en/PeS2o/<.*>.parquet at this revision"
+        f"no file {NATURAL}/en/PeS2o/<.*>.parquet at main"
     )
     assert sources["Persee"].missing == "Persee was used in training but is not in the public release"
     found = {name for name, source in sources.items() if source.files}
@@ -87,6 +88,58 @@ def test_extension_and_anneal_prefixes(hub):
     assert claire.files == [f"{NATURAL}/en/Claire/Claire--en.parquet"]
     anneal = by_name(phase_sources("anneal", files))
     assert len(anneal) == 14 and anneal["Wikipedia--fr"].files and not anneal["OpenWebMath--en"].files
+
+
+def test_extension_reads_the_ocr_filtered_v1_2_data_on_its_branch(hub):
+    files = list_dataset_files(endpoint=hub.url)
+
+    def files_at(branch: str) -> dict[str, int]:
+        return list_dataset_files(revision=branch, endpoint=hub.url)
+
+    extension = {source.prefix: source for source in phase_sources("extension", files, files_at=files_at).sources}
+    for part in ("length-0-4096", "length-4096-inf"):
+        gallica = extension[f"lucie_tokens_65k_splitted/{part}/GallicaMonographies_text_document"]
+        assert (gallica.version, gallica.revision) == ("v1.2", "v1.2")
+        assert gallica.files == ["data/v1.2/natural/fr/GallicaMonographies/GallicaMonographies.parquet"]
+        ubuntu = extension[f"lucie_tokens_65k_splitted/{part}/Pile--Ubuntu_IRC_text_document"]
+        assert ubuntu.files == ["data/v1.2/natural/en/Pile/Pile--Ubuntu_IRC.parquet"]
+        press = extension[f"lucie_tokens_65k_splitted/{part}/GallicaPress--html_text_document"]
+        assert press.missing == "no file data/v1.2/natural/fr/GallicaPress/<GallicaPress\\-\\-html(--.*)?>.parquet at v1.2"
+        same = extension[f"lucie_tokens_65k_splitted/{part}/GallicaPress--txt_text_document"]  # 1,460,734 in both
+        assert (same.version, same.revision) == ("v1.1", "main")
+    pretrain = by_name(phase_sources("pretrain", files, files_at=files_at))
+    assert (pretrain["GallicaMonographies"].version, pretrain["GallicaMonographies"].revision) == ("v1.1", "main")
+    assert pretrain["GallicaMonographies"].files == []
+
+    def no_branch(branch: str) -> dict[str, int]:
+        raise UserError(f"dataset {DATASET} has no revision {branch!r}: pass an existing --revision")
+
+    missing = {source.prefix: source for source in phase_sources("extension", files, files_at=no_branch).sources}
+    gallica = missing["lucie_tokens_65k_splitted/length-0-4096/GallicaMonographies_text_document"]
+    assert gallica.missing == f"dataset {DATASET} has no revision 'v1.2': pass an existing --revision"
+
+
+def test_numbered_parts_are_taken_in_their_numeric_order():
+    folder = f"{NATURAL}/en/FineWebEdu/FineWebEdu--cc-main-2019"
+    files = {f"{folder}-04--{part}.parquet": 1 for part in (10, 2, 0, 1, 11)} | {f"{folder}-13--0.parquet": 1}
+    inca = f"{NATURAL}/fr/OpenData/OpenData--inca_opendata"
+    files |= {f"{inca}-2.parquet": 1, f"{inca}-1.parquet": 1, f"{NATURAL}/fr/OpenData/OpenData--balo_opendata.parquet": 1}
+    sources = by_name(phase_sources("pretrain", files, only=("FineWebEdu--cc-main-2019", "OpenData--inca_opendata",
+                                                             "OpenData--balo_opendata")))
+    assert sources["FineWebEdu--cc-main-2019"].files == [f"{folder}-04--{part}.parquet" for part in (0, 1, 2, 10, 11)] \
+        + [f"{folder}-13--0.parquet"]
+    assert sources["OpenData--inca_opendata"].files == [f"{inca}-1.parquet", f"{inca}-2.parquet"]
+    assert sources["OpenData--balo_opendata"].files == [f"{NATURAL}/fr/OpenData/OpenData--balo_opendata.parquet"]
+
+
+def test_the_annealing_mathpile_is_not_public():
+    files = {f"{NATURAL}/en/MathPile/MathPile--arXiv.parquet": 1, f"{NATURAL}/en/MathPile/MathPile--wikipedia.parquet": 1}
+    anneal = by_name(phase_sources("anneal", files))
+    assert anneal["MathPile"].files == []
+    assert anneal["MathPile"].missing == ("the annealing phase's MathPile was not released in this dataset "
+                                          "(phase 1's MathPile--* subsets are)")
+    assert by_name(phase_sources("pretrain", files, only=("MathPile--arXiv",)))["MathPile--arXiv"].files == [
+        f"{NATURAL}/en/MathPile/MathPile--arXiv.parquet"]
 
 
 def run(*arguments: str):

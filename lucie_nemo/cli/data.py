@@ -81,6 +81,72 @@ def blend(
         typer.echo(json.dumps({"prefixes": result.prefixes, "weights": result.weights}, indent=2))
 
 
+@data_app.command("samples")
+def samples(
+    phase: Annotated[str, typer.Argument(help="pretrain, extension or anneal.")],
+    data_root: Annotated[Path, typer.Option(help="Folder of the tokenised datasets (as `lucie train`).")],
+    step: Annotated[int | None, typer.Option(help="The global batch of this step (1-based).")] = None,
+    sample_range: Annotated[str | None, typer.Option("--range", help="Global samples A:B (B excluded).")] = None,
+    blend_file: Annotated[Path | None, typer.Option(help="Blend file (as `lucie train`).",
+                                                    show_default="the phase's Lucie blend")] = None,
+    seq_length: Annotated[int | None, typer.Option(help="Sequence length.", show_default="the phase's")] = None,
+    seed: Annotated[int | None, typer.Option(help="Data seed.", show_default="the phase's")] = None,
+    train_samples: Annotated[int | None, typer.Option(help="Train samples (sizes the blend).",
+                                                      show_default="the phase's")] = None,
+    data_order: Annotated[str | None, typer.Option(help="original or megatron.", show_default="the phase's")] = None,
+    tiny: Annotated[bool, typer.Option("--tiny", help="The scaled-down phase of `lucie train --tiny`.")] = False,
+    tokens_out: Annotated[Path | None, typer.Option(help="Write the windows to FILE.npy, int [samples, seq+1].")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """What a step's global batch, or a range of global samples, of PHASE holds: read through the very dataset
+    objects `lucie train` builds (global sample, step, dataset prefix, document ids, first-token offset)."""
+    with user_errors():
+        from lucie_nemo.data.samples import parse_range, step_samples
+        from lucie_nemo.schedule import PhaseSchedule
+        from lucie_nemo.train import trained_phase
+
+        if (step is None) == (sample_range is None):
+            raise UserError("give one of --step N or --range A:B")
+        if tokens_out is not None and tokens_out.suffix != ".npy":
+            raise UserError(f"--tokens-out {tokens_out} must end in .npy")
+        overrides = dict(seq_length=seq_length, seed=seed, train_samples=train_samples, data_order=data_order)
+        schedule = PhaseSchedule(trained_phase(phase, tiny, overrides))
+        wanted = step_samples(schedule, step) if step is not None else parse_range(sample_range)
+        from lucie_nemo import runtime
+
+        runtime.prepare()
+        from lucie_nemo.data.samples import read_windows, train_dataset
+        from lucie_nemo.model import lucie_tiny
+        from lucie_nemo.recipe import phase_recipe
+
+        # the recipe `lucie train` builds (its dataset does not depend on the layout)
+        cfg = phase_recipe(schedule.phase, data_root=data_root, blend_file=blend_file,
+                           model=lucie_tiny(schedule.phase) if tiny else None)
+        windows = read_windows(train_dataset(cfg), wanted, schedule)
+        if tokens_out is not None:
+            _save_windows(tokens_out, [window.tokens for window in windows])
+        if as_json:
+            typer.echo(json.dumps([window.to_json() for window in windows], indent=2))
+            return
+        typer.echo(f"{'sample':>12} {'step':>8}  {'offset':>7}  prefix: documents")
+        for window in windows:
+            documents = ",".join(str(document) for document in window.documents)
+            typer.echo(f"{window.sample:>12} {window.step:>8}  {window.offset:>7}  {_relative(window.prefix, data_root)}: "
+                       f"{documents}")
+
+
+def _save_windows(path: Path, windows: list) -> None:
+    """The windows as one int64 array [samples, seq_length + 1] in ``path`` (.npy)."""
+    import numpy as np
+
+    np.save(path, np.stack(windows).astype(np.int64))
+
+
+def _relative(prefix: str, data_root: Path) -> str:
+    path = Path(prefix)
+    return str(path.relative_to(data_root)) if path.is_relative_to(data_root) else prefix
+
+
 @data_app.command("sources")
 def sources(
     phase: Annotated[str, typer.Argument(help="pretrain, extension or anneal.")],
@@ -103,7 +169,8 @@ def sources(
         from lucie_nemo.data.sources import list_dataset_files, phase_sources
 
         report = phase_sources(phase, list_dataset_files(dataset, revision, endpoint), dataset, revision,
-                               renormalize=renormalize, only=tuple(only or ()))
+                               renormalize=renormalize, only=tuple(only or ()),
+                               files_at=lambda branch: list_dataset_files(dataset, branch, endpoint))
         if as_json:
             typer.echo(json.dumps(report.to_json(), indent=2))
             return
@@ -197,7 +264,8 @@ def _build_on_cluster(config, cluster: str, site_config: Path | None, task_gb: f
     require_slurm(profile)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # nemo-run's import logs every request at INFO
     files = list_dataset_files(config.dataset, config.revision, config.endpoint)
-    report = phase_sources(config.phase, files, config.dataset, config.revision, only=config.only)
+    report = phase_sources(config.phase, files, config.dataset, config.revision, only=config.only,
+                           files_at=lambda branch: list_dataset_files(config.dataset, branch, config.endpoint))
     common = ["--data-root", data_root, "--dataset", config.dataset,
               "--revision", config.revision]
     common += ["--tokenizer", config.tokenizer] if tokenizer_given else []

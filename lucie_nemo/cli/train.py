@@ -20,6 +20,8 @@ def train(
     output_root: Annotated[str, typer.Option(help="Runs folder: <root>/<phase>/checkpoints, tensorboard")] = "runs",
     data_root: Annotated[Optional[str], typer.Option(help="Folder of the tokenised datasets (default: mock data)")] = None,
     blend_file: Annotated[Optional[str], typer.Option(help="Blend file (default: the phase's Lucie blend)")] = None,
+    data_order: Annotated[Optional[str], typer.Option(help="original (the original run's sample stream, the "
+                                                           "phases' default) or megatron (megatron-core's)")] = None,
     initial_checkpoint: Annotated[Optional[str], typer.Option(help="Weights to start phases 2-3 from")] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Scaled-down phase on a tiny Lucie-shaped model")] = False,
     vocab_size: Annotated[Optional[int], typer.Option(help="Vocabulary of the tiny model")] = None,
@@ -32,6 +34,7 @@ def train(
             overrides=overrides or [], tiny=tiny, vocab_size=vocab_size, precision=precision,
             output_root=output_root, data_root=data_root, blend_file=blend_file,
             initial_checkpoint=initial_checkpoint, layout=layout, leg=leg,
+            phase_overrides={"data_order": data_order} if data_order else None,
         )
         if nodes is not None:
             options["nodes"] = nodes

@@ -4,13 +4,14 @@ Blend files come in the original run's formats; ``blend_files/`` beside this mod
 used by default (``pretrain``: ``training_weights.csv``, ``extension``: the folder itself, ``anneal``:
 ``annealing_mix.txt``). The form of a blend file decides how it is read:
 
-- a ``.csv`` file: one entry per row, the ``prefix`` column weighted by the ``new_ratio`` column;
+- a ``.csv`` file: one entry per row, the ``prefix`` column weighted by the ``new_ratio`` column printed with 9
+  decimals, as the original run passed it to Megatron (``--data-path``; the phase-1 ``.dsc`` confirms it);
 - a folder holding ``training_weights.csv``, ``training_weights_short.csv`` and
   ``training_weights_long.csv`` (phase 2, context extension): each subset of phase 1 (the web subsets
   split by year count as one subset each) keeps its phase-1 weight, shared between its part of documents
   of <= 4,096 tokens and its part of longer documents in proportion to their token counts, the long part
-  counted 10 times; entries below 5e-10 are left out (the original wrote weights with 9 decimals and
-  skipped those that printed as zero) and the rest renormalized to sum to 1;
+  counted 10 times; as the original printed them for Megatron, the entries come by increasing weight, each
+  weight printed with 9 decimals, those printing as zero left out;
 - any other file: whitespace-separated ``WEIGHT PATH`` pairs (``annealing_mix.txt``, Megatron's
   ``--data-path`` form). A relative path is a prefix as is; an absolute path (the original cluster's)
   keeps its last two components, its dataset folder and name, like the CSV prefixes.
@@ -39,7 +40,6 @@ DEFAULT_BLEND_FILES = {
 }
 MAIN_CSV, SHORT_CSV, LONG_CSV = "training_weights.csv", "training_weights_short.csv", "training_weights_long.csv"
 LONG_DOCUMENT_WEIGHT = 10  # phase 2 weighted the tokens of documents longer than 4,096 tokens 10x
-SMALLEST_WEIGHT = 5e-10  # phase 2 weights below this printed as 0 with 9 decimals and were left out
 WEIGHT_SUM_TOLERANCE = 1e-6
 # Web subsets split by year in phase 1 were split at 4,096 tokens as one subset each.
 _YEARLY_SUBSET = re.compile(r"^(FineWebEdu|RedPajama--[a-z]{2})--(?:cc-main-)?\d{4}_text_document$")
@@ -75,8 +75,18 @@ def read_blend_file(path: Path) -> list[tuple[str, float]]:
     if not path.is_file():
         raise UserError(f"blend file {path} does not exist: check the path")
     if path.suffix.lower() == ".csv":
-        return [(row["prefix"], _weight(row["new_ratio"], path, row["prefix"])) for row in _read_csv(path, "new_ratio")]
+        return [(row["prefix"], _printed(_weight(row["new_ratio"], path, row["prefix"])))
+                for row in _read_csv(path, "new_ratio")]
     return _weight_path_pairs(path)
+
+
+def original_counts(phase: str) -> dict[str, tuple[int, int]]:
+    """Prefix (relative to the data root) -> (documents, tokens) of the original run's datasets of ``phase``: the
+    ``total_sequences`` and ``total_tokens`` columns of its blend CSVs (none for the annealing mix)."""
+    source = DEFAULT_BLEND_FILES[get_phase(phase).blend]
+    tables = [SHORT_CSV, LONG_CSV] if source.is_dir() else [source.name] if source.suffix == ".csv" else []
+    return {row["prefix"]: (int(row["total_sequences"]), int(row["total_tokens"]))
+            for name in tables for row in _read_csv(BLEND_FILES / name, "total_sequences")}
 
 
 def validate_blend(blend: Blend) -> None:
@@ -126,6 +136,11 @@ def _weight(text: str, path: Path, prefix: str) -> float:
         raise UserError(f"blend file {path}: weight {text!r} of {prefix} is not a number") from None
 
 
+def _printed(weight: float) -> float:
+    """``weight`` as the original run's blend scripts printed it for Megatron: 9 decimals."""
+    return float(f"{weight:.9f}")
+
+
 def _weight_path_pairs(path: Path) -> list[tuple[str, float]]:
     """``WEIGHT PATH`` pairs; absolute paths keep their last two components (dataset folder and name)."""
     words = path.read_text().split()
@@ -166,14 +181,14 @@ def _extension_entries(folder: Path) -> list[tuple[str, float]]:
         short_count, long_count = short.get(subset, ("", 0.0))[1], long.get(subset, ("", 0.0))[1]
         if short_count + long_count == 0:
             raise UserError(f"subset {subset} of {MAIN_CSV} has no tokens in {SHORT_CSV} or {LONG_CSV} in {folder}")
-        long_share = LONG_DOCUMENT_WEIGHT * long_count / (short_count + LONG_DOCUMENT_WEIGHT * long_count)
+        short_share = short_count / (short_count + LONG_DOCUMENT_WEIGHT * long_count)
         if subset in long:
-            entries.append((long[subset][0], weight * long_share))
+            entries.append((long[subset][0], weight * (1 - short_share)))
         if subset in short:
-            entries.append((short[subset][0], weight * (1 - long_share)))
-    kept = [(prefix, weight) for prefix, weight in entries if weight >= SMALLEST_WEIGHT]
-    total = math.fsum(weight for _, weight in kept)
-    return [(prefix, weight / total) for prefix, weight in kept]
+            entries.append((short[subset][0], weight * short_share))
+    # as the original printed them for Megatron: by increasing weight, 9 decimals, those printing as 0 left out
+    entries.sort(key=lambda entry: entry[1])
+    return [(prefix, _printed(weight)) for prefix, weight in entries if _printed(weight) > 0]
 
 
 def _rows_by_subset(path: Path) -> dict[str, tuple[str, float]]:

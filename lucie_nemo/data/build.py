@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from lucie_nemo.data.blends import phase_blend, validate_blend
+from lucie_nemo.data.blends import original_counts, phase_blend, validate_blend
 from lucie_nemo.data.prepare import PrepareConfig, default_workers, output_prefixes, prepare_data, stats_path
 from lucie_nemo.data.sources import DATASET, REVISION, PrefixSource, list_dataset_files, phase_sources
 from lucie_nemo.errors import UserError
@@ -59,6 +59,7 @@ class BuildTask:
     row_filter: tuple[tuple[str, str], ...]
     bytes: int
     prefixes: tuple[str, ...]  # the blend prefixes it writes
+    revision: str = REVISION  # the dataset branch its files are read at
 
     def outputs(self, data_root: Path) -> list[Path]:
         return list(output_prefixes(data_root / self.output_prefix, self.split_at).values())
@@ -79,11 +80,13 @@ def build_tasks(sources: list[PrefixSource]) -> list[BuildTask]:
         else:
             output, split_value = source.prefix, None
         known = tasks.get(output)
-        if known and (known.split_at != split_value or known.files != tuple(source.files)):
+        if known and (known.split_at != split_value or known.files != tuple(source.files)
+                      or known.revision != source.revision):
             raise UserError(f"prefixes of {output} disagree on their files or split: check the blend file")
         prefixes = (*known.prefixes, source.prefix) if known else (source.prefix,)
         tasks[output] = BuildTask(output, split_value, tuple(source.files),
-                                  tuple(sorted((source.row_filter or {}).items())), source.bytes, prefixes)
+                                  tuple(sorted((source.row_filter or {}).items())), source.bytes, prefixes,
+                                  source.revision)
     return list(tasks.values())
 
 
@@ -111,26 +114,27 @@ def is_complete(task: BuildTask, data_root: Path) -> bool:
     return True
 
 
-def download(config: BuildConfig, files: list[str]) -> Path:
-    """Download (or reuse) these dataset files; returns the folder that mirrors the dataset's layout."""
+def download(config: BuildConfig, revision: str, files: list[str]) -> Path:
+    """Download (or reuse) these dataset files of ``revision``; returns the folder that mirrors the dataset's
+    layout at that revision."""
     import httpx
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    local = config.data_root / BUILD_FOLDER / "hub" / f"{config.dataset.replace('/', '--')}@{config.revision}"
+    local = config.data_root / BUILD_FOLDER / "hub" / f"{config.dataset.replace('/', '--')}@{revision}"
     silence = not config.progress and not are_progress_bars_disabled()
     if silence:  # huggingface_hub reads HF_HUB_DISABLE_PROGRESS_BARS once, at import: switch its bars off here
         disable_progress_bars()
     try:
-        snapshot_download(config.dataset, repo_type="dataset", revision=config.revision, allow_patterns=files,
+        snapshot_download(config.dataset, repo_type="dataset", revision=revision, allow_patterns=files,
                           local_dir=local, endpoint=config.endpoint)
     except HfHubHTTPError as error:
         said = error.server_message or str(error).splitlines()[0]
-        raise UserError(f"downloading {config.dataset}@{config.revision} failed: {said}") from None
+        raise UserError(f"downloading {config.dataset}@{revision} failed: {said}") from None
     except (httpx.TransportError, OSError) as error:
-        raise UserError(f"cannot download {config.dataset}@{config.revision} ({error}): check the network") from None
+        raise UserError(f"cannot download {config.dataset}@{revision} ({error}): check the network") from None
     finally:
         if silence:
             enable_progress_bars()
@@ -177,7 +181,8 @@ def build_phase(config: BuildConfig, echo=print) -> Path | None:
         raise UserError(f"unknown step {config.step!r}: choose one of {', '.join(STEPS)}")
     check_writable(config.data_root)
     files = list_dataset_files(config.dataset, config.revision, config.endpoint)
-    report = phase_sources(config.phase, files, config.dataset, config.revision, only=config.only)
+    report = phase_sources(config.phase, files, config.dataset, config.revision, only=config.only,
+                           files_at=lambda branch: list_dataset_files(config.dataset, branch, config.endpoint))
     for source in report.unmatched:
         echo(f"skipped {source.prefix}: {source.missing}")
     tasks = build_tasks(report.sources)
@@ -189,9 +194,12 @@ def build_phase(config: BuildConfig, echo=print) -> Path | None:
         raise UserError(f"{len(pending)} dataset(s) of the {config.phase} blend are not built, e.g. "
                         f"{pending[0].output_prefix}: build them first (the same command with --step all)")
     if pending:
-        local = download(config, sorted({path for task in pending for path in task.files}))
+        revisions = sorted({task.revision for task in pending})
+        local = {revision: download(config, revision, sorted({path for task in pending if task.revision == revision
+                                                               for path in task.files}))
+                 for revision in revisions}
         for task in pending:
-            inputs = filtered_input(task, local, config.data_root / BUILD_FOLDER / "filtered")
+            inputs = filtered_input(task, local[task.revision], config.data_root / BUILD_FOLDER / "filtered")
             prepare_data(PrepareConfig(
                 inputs=tuple(inputs), tokenizer=config.tokenizer, output_prefix=config.data_root / task.output_prefix,
                 workers=config.workers or default_workers(), split_at=task.split_at, progress=config.progress,
@@ -199,7 +207,28 @@ def build_phase(config: BuildConfig, echo=print) -> Path | None:
             echo(f"built: {task.output_prefix}")
     if config.step == "datasets":
         return None
-    return write_checked_blend(config, report.sources)
+    blend_file = write_checked_blend(config, report.sources)
+    compare_with_original(config, tasks, echo)
+    return blend_file
+
+
+def compare_with_original(config: BuildConfig, tasks: list[BuildTask], echo) -> None:
+    """Name every built prefix whose document or token count differs from the original run's (the blend CSVs'
+    ``total_sequences`` and ``total_tokens``)."""
+    original = original_counts(config.phase)
+    if not original:
+        echo(f"no document or token counts of the original {config.phase} datasets to compare with")
+        return
+    differ, compared = [], 0
+    for prefix in (prefix for task in tasks for prefix in task.prefixes if prefix in original):
+        stats = json.loads(stats_path(config.data_root / prefix).read_text())
+        compared += 1
+        documents, tokens = original[prefix]
+        if (stats["documents"], stats["tokens"]) != (documents, tokens):
+            differ.append(prefix)
+            echo(f"differs from the original run: {prefix}: {stats['documents']:,} documents, "
+                 f"{stats['tokens']:,} tokens (original: {documents:,}, {tokens:,})")
+    echo(f"{compared - len(differ)} of {compared} built prefixes have the original run's document and token counts")
 
 
 def write_checked_blend(config: BuildConfig, sources: list[PrefixSource]) -> Path:

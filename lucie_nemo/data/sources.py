@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -33,7 +34,13 @@ DATASET = "OpenLLM-France/Lucie-Training-Dataset"
 REVISION = "main"
 VERSION = "v1.1"  # the pre-training data (v1.2 and v1.2-recent-web are later)
 SUFFIX = "_text_document"
-NOT_PUBLIC = {"Persee": "Persee was used in training but is not in the public release"}
+NOT_PUBLIC = {
+    "Persee": "Persee was used in training but is not in the public release",
+    # the annealing blend's MathPile (lucie_tokens_65k_annealing_grouped/), not phase 1's MathPile--* subsets
+    "MathPile": "the annealing phase's MathPile was not released in this dataset (phase 1's MathPile--* subsets are)",
+}
+# Datasets uploaded as numbered parts (Lucie-Training assets/stats_raw/stats_OpenData--inca_opendata-1.json, -2)
+NUMBERED_PARTS = {"OpenData--inca_opendata"}
 # Upload names that differ from the prefix's dataset name (to_source_and_id_func and the dataset card).
 SOURCE_RENAMES = {
     "ValidatedYouTube": "YouTube",
@@ -43,6 +50,25 @@ SOURCE_RENAMES = {
     "amendements_parlement": "AmendementsParlement",
     "interventions_parlement": "InterventionsParlement",
     "questions_ecrites_parlement": "QuestionsEcritesParlement",
+}
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    """The release of the public dataset a prefix was trained on, and the branch holding it."""
+
+    version: str  # the folder under data/: v1.1
+    revision: str | None = None  # the branch; None: the revision asked for (--revision, default main)
+
+
+# The extension phase trained on the OCR-filtered v1.2 data of these: its CSVs' document counts are v1.2's
+# (GallicaMonographies 220,351, GallicaPress--html 989,114, Pile--Ubuntu_IRC 9,007, Pile--PhilPapers 28,106;
+# v1.1 has 277,729 / 1,747,558 / 10,368 / 30,773). Lucie-Training's upload script and the dataset card put v1.2
+# under data/v1.2/ on the branch v1.2.
+V1_2 = DataVersion("v1.2", "v1.2")
+PHASE_VERSIONS: dict[str, dict[str, DataVersion]] = {
+    "extension": {name: V1_2 for name in ("GallicaMonographies", "GallicaPress--html", "Pile--Ubuntu_IRC",
+                                          "Pile--PhilPapers")},
 }
 _LANGUAGE = re.compile(r"^[a-z]{2}(-[a-z]{2})?$")
 
@@ -63,6 +89,8 @@ class PrefixSource:
     prefix: str
     weight: float
     name: str
+    version: str = VERSION
+    revision: str = REVISION  # the branch its files are read at
     files: list[str] = field(default_factory=list)
     bytes: int = 0
     row_filter: dict[str, str] | None = None
@@ -130,8 +158,15 @@ def hub_rule(name: str, version: str = VERSION) -> HubRule:
         return HubRule(f"{natural}/{rest[0]}/{source}", r".*")
     language = "en" if main in ("PeS2o", "AmericanStories", "MathPile", "Pile", "Stac") else "fr"
     if rest:  # Pile--FreeLaw, MathPile--arXiv, OpenData--inca_opendata, GallicaPress--html: by file name
-        return HubRule(f"{natural}/{language}/{source}", rf"{re.escape(name)}(--.*)?")
+        part = r"(-\d+)?" if name in NUMBERED_PARTS else ""
+        return HubRule(f"{natural}/{language}/{source}", rf"{re.escape(name)}{part}(--.*)?")
     return HubRule(f"{natural}/{language}/{source}", r".*")
+
+
+def numeric_order(path: str) -> list:
+    """Sort key of a dataset's files in the original order: numbers compared as numbers (``--2`` before
+    ``--10``), the rest as text."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
 
 
 def list_dataset_files(
@@ -179,9 +214,17 @@ def default_cache() -> Path:
     return Path(os.environ.get("LUCIE_CACHE", Path.home() / ".cache" / "lucie-nemo")) / "hub-files"
 
 
+def data_version(phase: str, name: str) -> DataVersion:
+    """The release (and branch) of the public dataset that ``phase`` trained the dataset ``name`` on."""
+    return PHASE_VERSIONS.get(phase, {}).get(name, DataVersion(VERSION))
+
+
 def phase_sources(phase: str, files: dict[str, int], dataset: str = DATASET, revision: str = REVISION,
-                  version: str = VERSION, renormalize: bool = False, only: tuple[str, ...] = ()) -> SourcesReport:
-    """Resolve every prefix of a phase's blend (or those named in ``only``) against the dataset's files."""
+                  renormalize: bool = False, only: tuple[str, ...] = (),
+                  files_at: Callable[[str], dict[str, int]] | None = None) -> SourcesReport:
+    """Resolve every prefix of a phase's blend (or those named in ``only``) against the dataset's files:
+    ``files`` at ``revision``, and ``files_at(branch)`` for a prefix of another release (`data_version`;
+    without ``files_at``, ``files`` holds every branch's files)."""
     entries = read_blend_file(DEFAULT_BLEND_FILES[get_phase(phase).blend])
     if only:
         known = {dataset_name(prefix) for prefix, _ in entries} | {prefix for prefix, _ in entries}
@@ -193,29 +236,44 @@ def phase_sources(phase: str, files: dict[str, int], dataset: str = DATASET, rev
                 f"(`lucie data sources {phase}` lists them)"
             )
         entries = [(prefix, weight) for prefix, weight in entries if prefix in only or dataset_name(prefix) in only]
-    parquet = sorted(path for path in files if path.startswith(f"data/{version}/") and path.endswith(".parquet"))
+    branches: dict[str, dict[str, int] | str] = {revision: files}
     used: set[str] = set()
     sources = []
     for prefix, weight in entries:
         name = dataset_name(prefix)
-        source = PrefixSource(prefix, weight, name)
+        release = data_version(phase, name)
+        source = PrefixSource(prefix, weight, name, release.version, release.revision or revision)
+        listed = _branch_files(branches, source.revision, files_at or (lambda _: files))
         if name in NOT_PUBLIC:
             source.missing = NOT_PUBLIC[name]
+        elif isinstance(listed, str):
+            source.missing = listed
         else:
-            rule = hub_rule(name, version)
+            rule = hub_rule(name, release.version)
             source.folder, source.stem, source.row_filter = rule.folder, rule.stem, rule.row_filter
             pattern = re.compile(rule.stem)
-            source.files = [
-                path for path in parquet
-                if path.rsplit("/", 1)[0] == rule.folder and pattern.fullmatch(PurePosixPath(path).stem)
-            ]
-            source.bytes = sum(files[path] for path in source.files)
+            source.files = sorted((
+                path for path in listed if path.endswith(".parquet")
+                and path.rsplit("/", 1)[0] == rule.folder and pattern.fullmatch(PurePosixPath(path).stem)
+            ), key=numeric_order)
+            source.bytes = sum(listed[path] for path in source.files)
             if not source.files:
-                source.missing = f"no file {rule.folder}/<{rule.stem}>.parquet at this revision"
+                source.missing = f"no file {rule.folder}/<{rule.stem}>.parquet at {source.revision}"
         used.update(source.files)
         sources.append(source)
     if renormalize:
         total = math.fsum(source.weight for source in sources if source.files)
         for source in sources:
             source.weight = source.weight / total if source.files else 0.0
+    parquet = sorted(path for path in files if path.startswith(f"data/{VERSION}/") and path.endswith(".parquet"))
     return SourcesReport(phase, dataset, revision, sources, [path for path in parquet if path not in used])
+
+
+def _branch_files(branches: dict, revision: str, files_at: Callable[[str], dict[str, int]]) -> dict[str, int] | str:
+    """The file list of ``revision`` (read once), or why there is none."""
+    if revision not in branches:
+        try:
+            branches[revision] = files_at(revision)
+        except UserError as error:
+            branches[revision] = f"{error}"
+    return branches[revision]

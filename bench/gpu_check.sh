@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of a node without network: about 7 minutes on one H100/H200 (the per-stage estimates below
+# The GPU check of a node without network: about 7.5 minutes on one H100/H200 (the per-stage estimates below
 # come from the 2026-12-04 run on an H200, bench/results/). Copy the repository and wheelhouse/ (`make
 # wheelhouse`, on a machine with network) to the node, then run it with the node's Python 3.12 and its torch:
 #
@@ -45,21 +45,21 @@ stage() {  # stage NAME ESTIMATE COMMAND...: run COMMAND, report its time and st
 
 echo "lucie-nemo $(git rev-parse --short HEAD 2>/dev/null || echo '(no git)') GPU check, $(date -u '+%Y-%m-%d %H:%M UTC')"
 stage "nvidia-smi" "5 s" nvidia-smi
-stage "install from $WHEELHOUSE" "1 min" "$PYTHON" scripts/install_wheelhouse.py "$WHEELHOUSE" --venv "$VENV"
+stage "install from $WHEELHOUSE" "30 s" "$PYTHON" scripts/install_wheelhouse.py "$WHEELHOUSE" --venv "$VENV"
 if "$PY" -c 'import transformer_engine' 2>/dev/null; then te=1; markers=(); else te=0; markers=(-m "not transformer_engine"); fi
 [ "$te" = 1 ] || echo "note: Transformer Engine absent: local layers, its tests deselected, FP8 not measured"
-stage "GPU tests" "1.5 min" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py "${markers[@]}"
+stage "GPU tests" "2 min" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py "${markers[@]}"
 precisions=(bf16)
 [ "$te" = 1 ] && precisions+=(fp8)
 for precision in "${precisions[@]}"; do
-    stage "layers: fast main leg (TP1 PP1 mbs 2, 4 layers), $precision" "40 s" \
+    stage "layers: fast main leg (TP1 PP1 mbs 2, 4 layers), $precision" "30 s" \
         "$PY" bench/layer_throughput.py --layers 4 --micro-batch 2 --precision "$precision"
-    stage "layers: one rank of the original TP4 PP4 (mbs 2, 8 layers), $precision" "40 s" \
+    stage "layers: one rank of the original TP4 PP4 (mbs 2, 8 layers), $precision" "30 s" \
         "$PY" bench/layer_throughput.py --layers 8 --micro-batch 2 --tp-shape 4 --precision "$precision"
 done
 [ "$te" = 1 ] || echo "Transformer Engine absent: FP8 not measured"
 TRAIN_ARGS=${TRAIN_ARGS:---layers 4 --steps 20}  # a CPU dry run of this script: --layers 2 --steps 10 --tiny-width
-stage "lucie train, export, verify (4 full-width layers, 20 steps)" "3 min" \
+stage "lucie train, export, verify (4 full-width layers, 20 steps)" "3.5 min" \
     "$PY" bench/gpu_train_check.py --workdir "$WORK/train" $TRAIN_ARGS
 if [ "${#failed[@]}" = 0 ]; then echo "== all stages passed"; else echo "== failed stages: ${failed[*]}"; fi
 echo "full log: $LOG"

@@ -44,17 +44,20 @@ def node_site_packages() -> list[str]:
     return [folder for folder in site.getsitepackages() if Path(folder).is_dir()]
 
 
-def make_venv(target: Path) -> Path:
-    """A virtualenv at ``target`` whose imports fall back to this interpreter's packages; returns its python."""
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    venv.EnvBuilder(with_pip=False, symlinks=True).create(staging)
-    python = staging / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+def _purelib(python: Path) -> Path:
+    return Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+
+
+def make_venv(folder: Path) -> tuple[Path, Path]:
+    """A virtualenv at ``folder`` whose imports fall back to this interpreter's packages: (python, purelib)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(folder)
+    python = folder / "bin" / "python"
+    purelib = _purelib(python)
     # after the environment's own folder, so that the wheelhouse's versions come first
-    (Path(purelib) / "_node_packages.pth").write_text("".join(f"{folder}\n" for folder in node_site_packages()))
-    return staging
+    (purelib / "_node_packages.pth").write_text("".join(f"{folder}\n" for folder in node_site_packages()))
+    return python, purelib
 
 
 def pip_install(python: Path, wheelhouse: Path, requirements: list[str], *extra: str) -> None:
@@ -70,22 +73,20 @@ def install(wheelhouse: Path, target: Path) -> None:
     if not lines:
         fail(f"{wheelhouse} has no requirements.txt: build it with `make wheelhouse` on a machine with network")
     tagged = [line for line in lines if line.split("==")[0] in TAGGED_BY_PLATFORM]
-    staging = make_venv(target)
-    python = staging / "bin" / "python"
+    staging = target.with_name(target.name + ".partial")
+    python, purelib = make_venv(staging)
     pip_install(python, wheelhouse, [line for line in lines if line not in tagged])
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
     for line in tagged:
         pip_install(python, wheelhouse, [line], "--only-binary=:all:", "--python-version", "3.12",
                     "--implementation", "cp", "--platform", TAGGED_BY_PLATFORM[line.split("==")[0]],
-                    "--target", purelib, "--upgrade")
+                    "--target", str(purelib), "--upgrade")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
-    _fix_scripts(staging, target)
+    _retarget(staging, target)
 
 
-def _fix_scripts(old: Path, new: Path) -> None:
-    """Console scripts and activate name the environment by its staging path: point them at the final one."""
+def _retarget(old: Path, new: Path) -> None:
+    """Console scripts, activate and pyvenv.cfg name the environment by its staging path: use the final one."""
     for path in [new / "pyvenv.cfg", *(new / "bin").iterdir()]:
         if path.is_file() and not path.is_symlink():
             text = path.read_bytes()

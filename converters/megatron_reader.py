@@ -1,4 +1,5 @@
-"""Read Megatron-Bridge / megatron-core ``torch_dist`` checkpoints and NeMo 2 folders without a model.
+"""Read Megatron-Bridge / megatron-core ``torch_dist`` checkpoints and NeMo 2 folders without a model
+(``.nemo`` files: ``converters.nemo_file``).
 
 A torch_dist checkpoint stores every tensor by its global shape with per-chunk metadata, so it reads
 the same whatever TP/PP/DP layout wrote it. Tensors are read one region at a time (one layer of a
@@ -51,7 +52,7 @@ class CheckpointInfo:
 
     path: Path  # what the user passed
     weights_dir: Path  # the folder holding .metadata and the .distcp files
-    kind: str  # "megatron" (Megatron-Bridge / megatron-core) or "nemo2"
+    kind: str  # "megatron" (Megatron-Bridge / megatron-core), "nemo2" or "nemo" (a .nemo file)
     iteration: int | None
     model_config: dict[str, Any]  # provider / transformer config fields
     tokenizer_dir: Path | None  # a tokenizer folder shipped in the checkpoint (holding tokenizer.json)
@@ -66,6 +67,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def _tokenizer_in(folder: Path) -> Path | None:
     return folder if (folder / "tokenizer.json").is_file() else None
+
+
+def step_in_name(name: str) -> int | None:
+    """The step NeMo writes into a checkpoint's name (``...-step=2-...``), if any."""
+    match = _NEMO_STEP.search(name)
+    return int(match.group(1)) if match else None
 
 
 def _iteration_from_tracker(root: Path) -> tuple[Path, int | None]:
@@ -90,12 +97,12 @@ def locate(path: str | Path) -> CheckpointInfo:
     """Recognise a checkpoint root, an ``iter_NNNNNNN`` folder or a NeMo 2 folder (``context/`` + ``weights/``)."""
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"checkpoint {path} is not a folder: pass a checkpoint root, an iter_NNNNNNN folder or a NeMo 2 folder")
+        raise UserError(f"checkpoint {path} is not a folder or a .nemo file: pass a checkpoint root, an iter_NNNNNNN "
+                        "folder, a NeMo 2 folder or a .nemo file")
     if (path / "weights").is_dir() and (path / "context").is_dir():
         model_yaml = path / "context" / "model.yaml"
         config = read_yaml(model_yaml).get("config", {}) if model_yaml.is_file() else {}
-        step = _NEMO_STEP.search(path.name)
-        return CheckpointInfo(path, path / "weights", "nemo2", int(step.group(1)) if step else None,
+        return CheckpointInfo(path, path / "weights", "nemo2", step_in_name(path.name),
                               config, _tokenizer_in(path / "context" / "nemo_tokenizer"))
     if not (path / TRACKER).is_file() and (path / TRAIN_STATE_TRACKER).is_file():
         iteration = int(torch.load(path / TRAIN_STATE_TRACKER, map_location="cpu", weights_only=True)["step"])

@@ -41,7 +41,8 @@ from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding  
 
 from converters.hf_writer import check_folder, read_json, weight_map  # noqa: E402
 from converters.megatron_model import local_provider  # noqa: E402
-from converters.megatron_reader import CheckpointTensors, LayerTensors, locate, read_shape  # noqa: E402
+from converters.checkpoint_source import opened  # noqa: E402
+from converters.megatron_reader import CheckpointInfo, CheckpointTensors, LayerTensors, read_shape  # noqa: E402
 from lucie_nemo.architecture import LucieShape  # noqa: E402
 from lucie_nemo.distributed import single_process_world  # noqa: E402
 from lucie_nemo.errors import UserError  # noqa: E402
@@ -172,9 +173,9 @@ class CheckpointModel:
     rotary_base: int
 
 
-def checkpoint_model(ckpt: str | Path, hf_config: dict) -> CheckpointModel:
+def checkpoint_model(info: CheckpointInfo, hf_config: dict) -> CheckpointModel:
     """The checkpoint's model facts; refuse a checkpoint whose shape is not the folder's, or without its RoPE theta."""
-    info = locate(ckpt)
+    ckpt = info.path
     tensors = CheckpointTensors(info)
     layers = LayerTensors(tensors)
     shape = read_shape(tensors, layers)
@@ -360,15 +361,17 @@ def verify(ckpt: str | Path, hf_dir: str | Path, tolerance: float = DEFAULT_TOLE
     """Logits of both models on PROMPTS (max abs difference over the prompts) and their greedy continuations."""
     hf_dir = Path(hf_dir)
     check_folder(hf_dir)
-    checkpoint = checkpoint_model(ckpt, read_json(hf_dir / "config.json"))
-    tokenizer = load_tokenizer(hf_dir)
-    prompts = [torch.tensor(tokenizer.encode(text).ids) for text in PROMPTS.values()]
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else CPU
-    with torch.no_grad(), _fp32_matmuls():
-        hf_logits, continuations = greedy(HuggingFaceLayers(hf_dir, device), prompts, new_tokens, progress)
-        # Prompt + continuation but its last token: the logits at the prompt's last position and after predict it.
-        forced = [torch.cat([ids, torch.tensor(tokens[:-1], dtype=ids.dtype)])
-                  for ids, tokens in zip(prompts, continuations)]
-        with single_process_world():
-            megatron_logits = streamed_logits(MegatronLayers(checkpoint, device), forced, progress, "teacher-forced")
+    with opened(ckpt) as info:  # a .nemo file is read in place while the block runs
+        checkpoint = checkpoint_model(info, read_json(hf_dir / "config.json"))
+        tokenizer = load_tokenizer(hf_dir)
+        prompts = [torch.tensor(tokenizer.encode(text).ids) for text in PROMPTS.values()]
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else CPU
+        with torch.no_grad(), _fp32_matmuls():
+            hf_logits, continuations = greedy(HuggingFaceLayers(hf_dir, device), prompts, new_tokens, progress)
+            # Prompt + continuation but its last token: the logits at the prompt's last position and after predict it.
+            forced = [torch.cat([ids, torch.tensor(tokens[:-1], dtype=ids.dtype)])
+                      for ids, tokens in zip(prompts, continuations)]
+            with single_process_world():
+                megatron_logits = streamed_logits(MegatronLayers(checkpoint, device), forced, progress,
+                                                  "teacher-forced")
     return VerifyResult(_compare(PROMPTS, prompts, hf_logits, continuations, megatron_logits), tolerance)

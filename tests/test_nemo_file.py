@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,48 @@ def test_a_damaged_file_is_an_error_line(tmp_path):
     result = run("export", compressed, tmp_path / "out", "--step", "0", "--tokenizer", HF)
     assert result.exit_code == 2 and "gzip-compressed .nemo" in result.output
     assert not (tmp_path / "out").exists()
+
+
+# `lucie ARGS[1:]` with the export paused once its first tensor is written; touches ARGS[0] then.
+PAUSED_EXPORT = """
+import sys, time
+from pathlib import Path
+import converters.hf_writer as hf_writer
+write = hf_writer.write_safetensors
+def paused(path, shard, produce, bar):
+    written = []
+    def produce_then_pause(item):
+        if written:
+            Path(marker).touch()
+            time.sleep(600)
+        written.append(item)
+        return produce(item)
+    write(path, shard, produce_then_pause, bar)
+hf_writer.write_safetensors = paused
+marker, sys.argv = sys.argv[1], ["lucie", *sys.argv[2:]]
+from lucie_nemo.cli import main
+main()
+"""
+
+
+def test_a_kill_during_the_export_leaves_no_half_folder(exported, tmp_path):
+    out, marker = tmp_path / "out", tmp_path / "paused"
+    command = [sys.executable, "-c", PAUSED_EXPORT, str(marker), "export", str(NEMO), str(out), "--step", "0",
+               "--tokenizer", str(HF), "--no-progress"]
+    log = tmp_path / "log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        (staging,) = tmp_path.glob(".out.tmp-*")
+        assert [file.name for file in staging.iterdir()] == ["model-00001-of-00001.safetensors"]
+    finally:
+        process.kill()  # SIGKILL: no clean-up of any kind runs
+        process.wait(timeout=60)
+    assert not out.exists()
+    export(NEMO, out)  # a second run writes the whole folder beside the dead one's staging
+    assert {file.name: file.read_bytes() for file in out.iterdir()} == {file.name: file.read_bytes()
+                                                                        for file in exported[0].iterdir()}

@@ -14,7 +14,7 @@ import torch
 from converters.hf_writer import DEFAULT_SHARD_SIZE, check_folder, parse_size, plan_shards, write_shards
 from converters.layout import EMBEDDING, FINAL_NORM, OUTPUT_LAYER, HFTensor, hf_tensors, select
 from converters.checkpoint_source import opened
-from converters.megatron_reader import CheckpointInfo, CheckpointTensors, LayerTensors, read_shape
+from converters.megatron_reader import CheckpointInfo, CheckpointTensors, LayerTensors, read_shape, rope_scaling_of
 from converters.model_card import model_card
 from converters.run_progress import RunProgress, run_progress
 from lucie_nemo.staging import staged_folder
@@ -161,7 +161,7 @@ def _export(info: CheckpointInfo, out: Path, phase: str | None, step: int | None
         finally:
             producer.close()
         config = hf_config(resolved, step, shape=shape, norm_eps=info.model_config.get("layernorm_epsilon", 1e-5),
-                           init_std=info.model_config.get("init_method_std", 0.009))
+                           init_std=info.model_config.get("init_method_std", 0.009), rope_scaling=rope_scaling_of(info))
         write_revision_files(staging, resolved, step, shape, run, config, source)
     return ExportResult(out, resolved, step, resolved.revision(step), shape, sum(map(len, shards)), len(shards))
 

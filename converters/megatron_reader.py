@@ -26,6 +26,7 @@ from converters.layout import EMBEDDING, FINAL_NORM, LAYER_TENSORS, OUTPUT_LAYER
 from lucie_nemo import runtime
 from lucie_nemo.architecture import LucieShape
 from lucie_nemo.errors import UserError
+from lucie_nemo.hf_config import llama3_rope_scaling
 
 runtime.prepare()  # before lucie_nemo.model imports Megatron-Bridge (import hook, quiet logs, CPU redirects)
 
@@ -39,8 +40,8 @@ _NEMO_STEP = re.compile(r"(?:^|[-_])step=(\d+)")
 # Model config fields that make a checkpoint Lucie-shaped, with the values LucieModelProvider declares.
 _LUCIE_RULE_FIELDS = (
     "normalization", "gated_linear_unit", "add_bias_linear", "add_qkv_bias", "share_embeddings_and_output_weights",
-    "position_embedding_type", "rotary_percent", "rope_scaling", "qk_layernorm", "num_moe_experts",
-)
+    "position_embedding_type", "rotary_percent", "qk_layernorm", "num_moe_experts",
+)  # rope_scaling (Llama 3.1's) is not refused: an export keeps it in config.json
 _LUCIE_RULES: dict[str, Any] = {
     name: LucieModelProvider.__dataclass_fields__[name].default for name in _LUCIE_RULE_FIELDS
 }
@@ -268,6 +269,13 @@ def check_lucie_config(info: CheckpointInfo) -> None:
     target = activation.get("_target_", "") if isinstance(activation, dict) else str(activation or "silu")
     if not target.endswith("silu"):
         raise UserError(f"checkpoint {info.path} uses activation {target!r}, Lucie uses silu: not a Lucie-shaped checkpoint")
+
+
+def rope_scaling_of(info: CheckpointInfo) -> dict | None:
+    """config.json's ``rope_scaling`` of a checkpoint trained with megatron-core's Llama 3.1 RoPE scaling, else None."""
+    if not info.model_config.get("rope_scaling"):
+        return None
+    return llama3_rope_scaling(info.model_config.get("rope_scaling_factor", 8.0))
 
 
 def read_shape(tensors: CheckpointTensors, layers: LayerTensors) -> LucieShape:

@@ -50,7 +50,6 @@ _DEFAULTS = {
     "transformer_block_type": "pre_ln",
     "headscale": False,
     "qk_layernorm": False,
-    "scale_positional_embedding": False,  # Llama 3.1 RoPE scaling: Lucie has none
     "num_moe_experts": None,
 }
 _SWIGLU = ("swiglu", "fast-swiglu")
@@ -141,6 +140,9 @@ def model_config(path: Path, config: dict[str, Any]) -> dict[str, Any]:
         "rotary_base": config.get("rotary_base", 10_000),  # NeMo's default
         "layernorm_epsilon": config.get("layernorm_epsilon", 1e-5),
         "init_method_std": config.get("init_method_std", 0.02),
+        # NeMo applies Llama 3.1's RoPE scaling with megatron-core's constants (factor 8) when this is set
+        "rope_scaling": bool(config.get("scale_positional_embedding", False)),
+        "rope_scaling_factor": 8.0,
     }
 
 

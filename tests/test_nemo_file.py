@@ -193,6 +193,28 @@ def test_no_tokenizer_is_an_error_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_llama31_rope_scaling_goes_into_config_json(exported, tmp_path):
+    """scale_positional_embedding (NeMo's Llama 3.1 RoPE scaling, megatron-core's constants) is kept, and means the
+    same frequencies in transformers as in megatron-core."""
+    from converters.verify import MegatronLayers  # noqa: F401  (Megatron prepared for this process)
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    scaled = variant(tmp_path, "scaled.nemo", scale_positional_embedding=True)
+    export(scaled, tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["rope_scaling"] == {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                      "original_max_position_embeddings": 8192, "rope_type": "llama3"}
+    hf = LlamaRotaryEmbedding(LlamaConfig.from_pretrained(tmp_path / "out")).inv_freq
+    megatron = RotaryEmbedding(16, 1.0, rotary_base=500_000, rope_scaling=True, use_cpu_initialization=True).inv_freq
+    unscaled = RotaryEmbedding(16, 1.0, rotary_base=500_000, use_cpu_initialization=True).inv_freq
+    assert torch.allclose(hf, megatron, rtol=1e-6, atol=0) and not torch.allclose(hf, unscaled)
+    assert run("verify", scaled, tmp_path / "out", "--new-tokens", "1").exit_code == 0
+    result = run("verify", scaled, exported[0], "--new-tokens", "1")
+    assert result.exit_code == 2 and "has RoPE scaling {'factor': 8.0" in result.output and "folder None" in result.output
+
+
 def _older(files: dict[str, bytes], *extra: str) -> dict[str, bytes]:
     """The fixture's config with NeMo 1's older weight files instead of model_weights/."""
     return {CONFIG: files[CONFIG], **{name: b"pickled weights" for name in extra}}
@@ -231,7 +253,6 @@ def test_older_nemo_formats_are_refused(tmp_path, make, message):
     ({"position_embedding_type": "learned_absolute"}, "has position_embedding_type: 'learned_absolute'"),
     ({"share_embeddings_and_output_weights": True}, "has share_embeddings_and_output_weights: True"),
     ({"bias": True}, "has bias: True, a Lucie model has False"),
-    ({"scale_positional_embedding": True}, "has scale_positional_embedding: True, a Lucie model has False"),
     ({"num_query_groups": 4}, "config says num_query_groups=4, tensors say 2"),
     ({"num_attention_heads": 8}, "config says num_query_groups=2, tensors say 4"),  # 8 heads of 8: QKV rows fit 4 groups
 ])

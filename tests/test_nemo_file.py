@@ -237,7 +237,7 @@ def _encoder_names(files: dict[str, bytes], tmp_path: Path) -> dict[str, bytes]:
     (lambda files, tmp: with_config(files, mcore_gpt=False),
      "has mcore_gpt: false, a GPT model with language_model.encoder... weights"),
     (_encoder_names, "holds model.language_model.encoder.layers.0.mlp.dense_4h_to_h.weight, a GPT model before megatron-core"),
-])
+], ids=["model_weights.ckpt", "mp_rank_XX", "mcore_gpt_false", "encoder_names"])
 def test_older_nemo_formats_are_refused(tmp_path, make, message):
     from lucie_nemo.errors import UserError
 

@@ -170,7 +170,8 @@ def _index_in_place(path: Path, members: dict[str, Member], folder: Path) -> Non
 
 
 def _tokenizer(path: Path, members: dict[str, Member], config: dict[str, Any], folder: Path) -> Path | None:
-    """The Hugging Face tokenizer inside the file (a ``nemo:NAME`` of the config's tokenizer section), copied to ``folder``."""
+    """The Hugging Face tokenizer inside the file (a ``nemo:NAME`` of the config's tokenizer section), copied to
+    ``folder``; None when there is none."""
     section = config.get("tokenizer") or {}
     names = [value[len("nemo:"):] for value in section.values() if isinstance(value, str) and value.startswith("nemo:")]
     for name in names:
@@ -185,10 +186,7 @@ def _tokenizer(path: Path, members: dict[str, Member], config: dict[str, Any], f
             for file, info in inside.items():
                 (folder / file).write_bytes(_read(path, info))
             return folder
-    if names:
-        raise UserError(f"{path} holds its tokenizer as {', '.join(names)} (no tokenizer.json): lucie export writes "
-                        "Hugging Face tokenizers only: pass --tokenizer FOLDER_OR_HUB_ID")
-    return None
+    return None  # none, or one without tokenizer.json (SentencePiece, vocab + merges): --tokenizer is needed
 
 
 @contextlib.contextmanager

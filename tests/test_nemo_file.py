@@ -184,13 +184,17 @@ def test_the_tokenizer_inside_the_file_is_used(exported, tmp_path):
 
 
 def test_no_tokenizer_is_an_error_line(tmp_path):
+    """NeMo's converter records the Hugging Face tokenizer by its path outside the file; a SentencePiece model inside
+    it is no Hugging Face tokenizer: both need --tokenizer."""
     result = run("export", NEMO, tmp_path / "out", "--step", "0")
     assert result.exit_code == 2
     assert result.output == f"error: {NEMO} ships no tokenizer (no tokenizer.json in it): pass --tokenizer FOLDER_OR_HUB_ID\n"
     sentencepiece = variant(tmp_path, "spm.nemo", tokenizer={"library": "sentencepiece", "model": "nemo:ab_tokenizer.model"})
-    result = run("export", sentencepiece, tmp_path / "out", "--step", "0")
-    assert result.exit_code == 2 and "holds its tokenizer as ab_tokenizer.model" in result.output
+    result = run("export", sentencepiece, tmp_path / "out", "--step", "0")  # only tokenizer.json files are exported
+    assert result.exit_code == 2
+    assert result.output == f"error: {sentencepiece} ships no tokenizer (no tokenizer.json in it): pass --tokenizer FOLDER_OR_HUB_ID\n"
     assert not (tmp_path / "out").exists()
+    assert export(sentencepiece, tmp_path / "out").num_tensors == 21  # with --tokenizer
 
 
 def test_llama31_rope_scaling_goes_into_config_json(exported, tmp_path):

@@ -13,7 +13,8 @@ import torch
 
 from converters.hf_writer import DEFAULT_SHARD_SIZE, check_folder, parse_size, plan_shards, write_shards
 from converters.layout import EMBEDDING, FINAL_NORM, OUTPUT_LAYER, HFTensor, hf_tensors, select
-from converters.megatron_reader import CheckpointInfo, CheckpointTensors, LayerTensors, locate, read_shape
+from converters.checkpoint_source import opened
+from converters.megatron_reader import CheckpointInfo, CheckpointTensors, LayerTensors, read_shape, rope_scaling_of
 from converters.model_card import model_card
 from converters.run_progress import RunProgress, run_progress
 from lucie_nemo.staging import staged_folder
@@ -139,7 +140,12 @@ def export_checkpoint(
     progress: bool = True,
 ) -> ExportResult:
     """Write ``ckpt`` as a Hugging Face LlamaForCausalLM folder at ``out`` (bf16 shards, configs, tokenizer, card)."""
-    info = locate(ckpt)
+    with opened(ckpt) as info:
+        return _export(info, Path(out), phase, step, tokenizer, shard_size, progress)
+
+
+def _export(info: CheckpointInfo, out: Path, phase: str | None, step: int | None, tokenizer: str | None,
+            shard_size: str, progress: bool) -> ExportResult:
     tensors = CheckpointTensors(info)
     layers = LayerTensors(tensors)
     shape = read_shape(tensors, layers)
@@ -148,7 +154,6 @@ def export_checkpoint(
     run = run_progress(info, resolved, step, shape)
     source = tokenizer_source(info, tokenizer, shape)
     shards = plan_shards(hf_tensors(shape), parse_size(shard_size))
-    out = Path(out)
     producer = _Producer(tensors, layers, shape, [item for shard in shards for item in shard])
     with staged_folder(out) as staging:
         try:
@@ -156,7 +161,7 @@ def export_checkpoint(
         finally:
             producer.close()
         config = hf_config(resolved, step, shape=shape, norm_eps=info.model_config.get("layernorm_epsilon", 1e-5),
-                           init_std=info.model_config.get("init_method_std", 0.009))
+                           init_std=info.model_config.get("init_method_std", 0.009), rope_scaling=rope_scaling_of(info))
         write_revision_files(staging, resolved, step, shape, run, config, source)
     return ExportResult(out, resolved, step, resolved.revision(step), shape, sum(map(len, shards)), len(shards))
 

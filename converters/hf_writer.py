@@ -116,8 +116,10 @@ def read_json(path: Path) -> dict:
 
 
 def expected_tensors(folder: Path) -> list[HFTensor]:
-    """The tensors that ``folder``'s config.json implies (refusing a config that is not Lucie-shaped)."""
-    return hf_tensors(shape_from_hf_config(read_json(folder / "config.json"), str(folder / "config.json")))
+    """The tensors that ``folder``'s config.json implies (refusing a config that is not Lucie-shaped but for a
+    Llama 3.1 RoPE scaling, which an export of a checkpoint trained with it keeps)."""
+    return hf_tensors(shape_from_hf_config(read_json(folder / "config.json"), str(folder / "config.json"),
+                                           llama3_scaling=True))
 
 
 def weight_map(folder: Path) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Read Megatron-Bridge / megatron-core ``torch_dist`` checkpoints and NeMo 2 folders without a model.
+"""Read Megatron-Bridge / megatron-core ``torch_dist`` checkpoints and NeMo 2 folders without a model
+(``.nemo`` files: ``converters.nemo_file``).
 
 A torch_dist checkpoint stores every tensor by its global shape with per-chunk metadata, so it reads
 the same whatever TP/PP/DP layout wrote it. Tensors are read one region at a time (one layer of a
@@ -25,6 +26,7 @@ from converters.layout import EMBEDDING, FINAL_NORM, LAYER_TENSORS, OUTPUT_LAYER
 from lucie_nemo import runtime
 from lucie_nemo.architecture import LucieShape
 from lucie_nemo.errors import UserError
+from lucie_nemo.hf_config import llama3_rope_scaling
 
 runtime.prepare()  # before lucie_nemo.model imports Megatron-Bridge (import hook, quiet logs, CPU redirects)
 
@@ -38,8 +40,8 @@ _NEMO_STEP = re.compile(r"(?:^|[-_])step=(\d+)")
 # Model config fields that make a checkpoint Lucie-shaped, with the values LucieModelProvider declares.
 _LUCIE_RULE_FIELDS = (
     "normalization", "gated_linear_unit", "add_bias_linear", "add_qkv_bias", "share_embeddings_and_output_weights",
-    "position_embedding_type", "rotary_percent", "rope_scaling", "qk_layernorm", "num_moe_experts",
-)
+    "position_embedding_type", "rotary_percent", "qk_layernorm", "num_moe_experts",
+)  # rope_scaling (Llama 3.1's) is not refused: an export keeps it in config.json
 _LUCIE_RULES: dict[str, Any] = {
     name: LucieModelProvider.__dataclass_fields__[name].default for name in _LUCIE_RULE_FIELDS
 }
@@ -51,7 +53,7 @@ class CheckpointInfo:
 
     path: Path  # what the user passed
     weights_dir: Path  # the folder holding .metadata and the .distcp files
-    kind: str  # "megatron" (Megatron-Bridge / megatron-core) or "nemo2"
+    kind: str  # "megatron" (Megatron-Bridge / megatron-core), "nemo2" or "nemo" (a .nemo file)
     iteration: int | None
     model_config: dict[str, Any]  # provider / transformer config fields
     tokenizer_dir: Path | None  # a tokenizer folder shipped in the checkpoint (holding tokenizer.json)
@@ -66,6 +68,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def _tokenizer_in(folder: Path) -> Path | None:
     return folder if (folder / "tokenizer.json").is_file() else None
+
+
+def step_in_name(name: str) -> int | None:
+    """The step NeMo writes into a checkpoint's name (``...-step=2-...``), if any."""
+    match = _NEMO_STEP.search(name)
+    return int(match.group(1)) if match else None
 
 
 def _iteration_from_tracker(root: Path) -> tuple[Path, int | None]:
@@ -90,12 +98,12 @@ def locate(path: str | Path) -> CheckpointInfo:
     """Recognise a checkpoint root, an ``iter_NNNNNNN`` folder or a NeMo 2 folder (``context/`` + ``weights/``)."""
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"checkpoint {path} is not a folder: pass a checkpoint root, an iter_NNNNNNN folder or a NeMo 2 folder")
+        raise UserError(f"checkpoint {path} is not a folder or a .nemo file: pass a checkpoint root, an iter_NNNNNNN "
+                        "folder, a NeMo 2 folder or a .nemo file")
     if (path / "weights").is_dir() and (path / "context").is_dir():
         model_yaml = path / "context" / "model.yaml"
         config = read_yaml(model_yaml).get("config", {}) if model_yaml.is_file() else {}
-        step = _NEMO_STEP.search(path.name)
-        return CheckpointInfo(path, path / "weights", "nemo2", int(step.group(1)) if step else None,
+        return CheckpointInfo(path, path / "weights", "nemo2", step_in_name(path.name),
                               config, _tokenizer_in(path / "context" / "nemo_tokenizer"))
     if not (path / TRACKER).is_file() and (path / TRAIN_STATE_TRACKER).is_file():
         iteration = int(torch.load(path / TRAIN_STATE_TRACKER, map_location="cpu", weights_only=True)["step"])
@@ -261,6 +269,13 @@ def check_lucie_config(info: CheckpointInfo) -> None:
     target = activation.get("_target_", "") if isinstance(activation, dict) else str(activation or "silu")
     if not target.endswith("silu"):
         raise UserError(f"checkpoint {info.path} uses activation {target!r}, Lucie uses silu: not a Lucie-shaped checkpoint")
+
+
+def rope_scaling_of(info: CheckpointInfo) -> dict | None:
+    """config.json's ``rope_scaling`` of a checkpoint trained with megatron-core's Llama 3.1 RoPE scaling, else None."""
+    if not info.model_config.get("rope_scaling"):
+        return None
+    return llama3_rope_scaling(info.model_config.get("rope_scaling_factor", 8.0))
 
 
 def read_shape(tensors: CheckpointTensors, layers: LayerTensors) -> LucieShape:

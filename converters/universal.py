@@ -21,7 +21,7 @@ import torch
 
 from converters.layout import EMBEDDING, FINAL_NORM, LAYER_TENSORS, OUTPUT_LAYER, merge_qkv
 from lucie_nemo.errors import UserError
-from lucie_nemo.model import LucieShape
+from lucie_nemo.architecture import LucieShape
 from lucie_nemo.phases import PHASES, Phase, get_phase
 
 MODEL_STATES = "mp_rank_00_model_states.pt"

@@ -41,7 +41,8 @@ from megatron.core.dist_checkpointing.utils import replace_prefix_for_sharding  
 
 from converters.hf_writer import check_folder, read_json, weight_map  # noqa: E402
 from converters.megatron_model import local_provider  # noqa: E402
-from converters.megatron_reader import CheckpointTensors, LayerTensors, locate, read_shape  # noqa: E402
+from converters.checkpoint_source import opened  # noqa: E402
+from converters.megatron_reader import CheckpointInfo, CheckpointTensors, LayerTensors, read_shape, rope_scaling_of  # noqa: E402
 from lucie_nemo.architecture import LucieShape  # noqa: E402
 from lucie_nemo.distributed import single_process_world  # noqa: E402
 from lucie_nemo.errors import UserError  # noqa: E402
@@ -170,23 +171,30 @@ class CheckpointModel:
     prefix: str  # of the model's tensors: '' (Megatron-Bridge) or 'module.' (NeMo 2)
     shape: LucieShape
     rotary_base: int
+    rope_scaling: dict | None = None  # Llama 3.1's, as config.json writes it
 
 
-def checkpoint_model(ckpt: str | Path, hf_config: dict) -> CheckpointModel:
+def checkpoint_model(info: CheckpointInfo, hf_config: dict) -> CheckpointModel:
     """The checkpoint's model facts; refuse a checkpoint whose shape is not the folder's, or without its RoPE theta."""
-    info = locate(ckpt)
+    ckpt = info.path
     tensors = CheckpointTensors(info)
     layers = LayerTensors(tensors)
     shape = read_shape(tensors, layers)
-    if shape != shape_from_hf_config(hf_config):
-        raise UserError(f"checkpoint {ckpt} is {shape}, the Hugging Face folder is {shape_from_hf_config(hf_config)}: "
+    folder_shape = shape_from_hf_config(hf_config, llama3_scaling=True)
+    if shape != folder_shape:
+        raise UserError(f"checkpoint {ckpt} is {shape}, the Hugging Face folder is {folder_shape}: "
                         "pass the folder that `lucie export` wrote from this checkpoint")
+    # Checked here: on short prompts, Llama 3.1's scaling (of the slowest frequencies) barely moves the logits.
+    if rope_scaling_of(info) != hf_config.get("rope_scaling"):
+        raise UserError(f"checkpoint {ckpt} has RoPE scaling {rope_scaling_of(info)}, the Hugging Face folder "
+                        f"{hf_config.get('rope_scaling')}: pass the folder that `lucie export` wrote from this checkpoint")
     if "rotary_base" not in info.model_config:
         raise UserError(f"checkpoint {ckpt} does not say its RoPE theta (rotary_base): cannot rebuild its model")
     if not layers.stacked:
         raise UserError(f"checkpoint {ckpt} stores one tensor per layer (decoder.layers.N.X): verify reads the "
                         "stacked layers (decoder.layers.X) that megatron-core saves by default")
-    return CheckpointModel(info.weights_dir, tensors.prefix, shape, info.model_config["rotary_base"])
+    return CheckpointModel(info.weights_dir, tensors.prefix, shape, info.model_config["rotary_base"],
+                           rope_scaling_of(info))
 
 
 def _weights(sharded: dict) -> dict:
@@ -232,7 +240,9 @@ class MegatronLayers:
     def __init__(self, checkpoint: CheckpointModel, device: torch.device = CPU):
         one_layer = dataclasses.replace(checkpoint.shape, num_layers=1)
         # The phase only sets context length and RoPE theta; theta is the one the checkpoint trained with.
+        scaling = checkpoint.rope_scaling
         provider = local_provider(one_layer, PRETRAIN, torch.float32, rotary_base=checkpoint.rotary_base,
+                                  rope_scaling=scaling is not None, rope_scaling_factor=(scaling or {}).get("factor", 8.0),
                                   perform_initialization=False)
         self.device = device
         self.model = provider.provide().eval().to(device)
@@ -360,15 +370,17 @@ def verify(ckpt: str | Path, hf_dir: str | Path, tolerance: float = DEFAULT_TOLE
     """Logits of both models on PROMPTS (max abs difference over the prompts) and their greedy continuations."""
     hf_dir = Path(hf_dir)
     check_folder(hf_dir)
-    checkpoint = checkpoint_model(ckpt, read_json(hf_dir / "config.json"))
-    tokenizer = load_tokenizer(hf_dir)
-    prompts = [torch.tensor(tokenizer.encode(text).ids) for text in PROMPTS.values()]
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else CPU
-    with torch.no_grad(), _fp32_matmuls():
-        hf_logits, continuations = greedy(HuggingFaceLayers(hf_dir, device), prompts, new_tokens, progress)
-        # Prompt + continuation but its last token: the logits at the prompt's last position and after predict it.
-        forced = [torch.cat([ids, torch.tensor(tokens[:-1], dtype=ids.dtype)])
-                  for ids, tokens in zip(prompts, continuations)]
-        with single_process_world():
-            megatron_logits = streamed_logits(MegatronLayers(checkpoint, device), forced, progress, "teacher-forced")
+    with opened(ckpt) as info:  # a .nemo file is read in place while the block runs
+        checkpoint = checkpoint_model(info, read_json(hf_dir / "config.json"))
+        tokenizer = load_tokenizer(hf_dir)
+        prompts = [torch.tensor(tokenizer.encode(text).ids) for text in PROMPTS.values()]
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else CPU
+        with torch.no_grad(), _fp32_matmuls():
+            hf_logits, continuations = greedy(HuggingFaceLayers(hf_dir, device), prompts, new_tokens, progress)
+            # Prompt + continuation but its last token: the logits at the prompt's last position and after predict it.
+            forced = [torch.cat([ids, torch.tensor(tokens[:-1], dtype=ids.dtype)])
+                      for ids, tokens in zip(prompts, continuations)]
+            with single_process_world():
+                megatron_logits = streamed_logits(MegatronLayers(checkpoint, device), forced, progress,
+                                                  "teacher-forced")
     return VerifyResult(_compare(PROMPTS, prompts, hf_logits, continuations, megatron_logits), tolerance)

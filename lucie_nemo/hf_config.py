@@ -16,9 +16,17 @@ from lucie_nemo.tokenizer import BOS_ID, EOS_ID
 TRANSFORMERS_VERSION_WRITTEN = "4.44.2"  # the version the published Lucie-7B configs name
 
 
+def llama3_rope_scaling(factor: float) -> dict:
+    """config.json's ``rope_scaling`` of megatron-core's Llama 3.1 RoPE scaling (``rope_scaling=True``), whose
+    other constants are fixed there (low/high frequency factors 1 and 4, original context 8,192)."""
+    return {"factor": float(factor), "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192, "rope_type": "llama3"}
+
+
 def hf_config(phase: Phase | str, step: int | None = None, shape: LucieShape = LUCIE_7B,
-              init_std: float = 0.009, norm_eps: float = 1e-5) -> dict:
-    """config.json for ``phase`` at ``step`` (default: the phase's last step)."""
+              init_std: float = 0.009, norm_eps: float = 1e-5, rope_scaling: dict | None = None) -> dict:
+    """config.json for ``phase`` at ``step`` (default: the phase's last step); Lucie has no ``rope_scaling``, a
+    checkpoint trained with one keeps it."""
     phase = get_phase(phase) if isinstance(phase, str) else phase
     schedule = PhaseSchedule(phase)
     step = schedule.train_iters if step is None else step
@@ -42,7 +50,7 @@ def hf_config(phase: Phase | str, step: int | None = None, shape: LucieShape = L
         "num_key_value_heads": shape.num_query_groups,
         "pretraining_tp": 1,
         "rms_norm_eps": norm_eps,
-        "rope_scaling": None,
+        "rope_scaling": rope_scaling,
         "rope_theta": float(phase.rotary_base),
         "tie_word_embeddings": False,
         "torch_dtype": "bfloat16",
@@ -65,9 +73,12 @@ _LUCIE_HF_RULES = {
 }
 
 
-def shape_from_hf_config(config: dict, source: str = "config.json") -> LucieShape:
-    """The LucieShape of a Hugging Face ``config.json``; refuse a config that is not Lucie-shaped."""
+def shape_from_hf_config(config: dict, source: str = "config.json", llama3_scaling: bool = False) -> LucieShape:
+    """The LucieShape of a Hugging Face ``config.json``; refuse a config that is not Lucie-shaped (but, with
+    ``llama3_scaling``, for a Llama 3.1 ``rope_scaling``: an export of a checkpoint trained with it)."""
     for field, required in _LUCIE_HF_RULES.items():
+        if llama3_scaling and field == "rope_scaling" and _is_llama3(config.get(field)):
+            continue
         if config.get(field, required) != required:
             raise UserError(f"{source} has {field}={config[field]!r}, a Lucie model has {required!r}: not a Lucie-shaped model")
     if config.get("architectures", ["LlamaForCausalLM"]) != ["LlamaForCausalLM"]:
@@ -85,13 +96,17 @@ def shape_from_hf_config(config: dict, source: str = "config.json") -> LucieShap
         raise UserError(f"{source} has no {missing} field: not a Llama config") from None
     if config.get("head_dim", shape.head_dim) != shape.head_dim:
         raise UserError(f"{source} has head_dim={config['head_dim']}, Lucie has hidden_size / heads = {shape.head_dim}")
-    rope_theta_of(config, source)
+    rope_theta_of(config, source, llama3_scaling)
     return shape
 
 
-def rope_theta_of(config: dict, source: str = "config.json") -> float | None:
+def _is_llama3(rope: dict | None) -> bool:
+    return isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) == "llama3"
+
+
+def rope_theta_of(config: dict, source: str = "config.json", llama3_scaling: bool = False) -> float | None:
     """RoPE theta of a config.json, classic (``rope_theta``) or transformers 5 (``rope_parameters``) layout."""
     parameters = config.get("rope_parameters") or {}
-    if parameters.get("rope_type", "default") != "default":
+    if parameters.get("rope_type", "default") != "default" and not (llama3_scaling and _is_llama3(parameters)):
         raise UserError(f"{source} uses RoPE scaling {parameters['rope_type']!r}: Lucie has none")
     return config.get("rope_theta", parameters.get("rope_theta"))

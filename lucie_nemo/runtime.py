@@ -13,6 +13,7 @@ _NOISY_LOGGERS = (
     "megatron.bridge.utils.fusions",
     "megatron.bridge.models.gemma.gemma2_provider",
     "megatron.core.utils",
+    "megatron.core.dist_checkpointing.strategies.common",  # "load_common is deprecated" on a common.pt (.nemo files)
     "megatron.core.models.gpt.gpt_model",
     "torch.utils.cpp_extension",  # "No CUDA runtime is found" on every CPU machine with a CUDA toolkit
 )

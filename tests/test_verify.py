@@ -71,10 +71,11 @@ def test_streamed_megatron_logits_equal_the_whole_model(converter_runs, exported
 
     from converters.hf_writer import read_json
     from converters.megatron_model import local_provider
+    from converters.megatron_reader import locate
     from converters.verify import MegatronLayers, checkpoint_model, streamed_logits
     from lucie_nemo.phases import PRETRAIN
 
-    checkpoint = checkpoint_model(converter_runs["trained"], read_json(exported / "config.json"))
+    checkpoint = checkpoint_model(locate(converter_runs["trained"]), read_json(exported / "config.json"))
     whole = local_provider(checkpoint.shape, PRETRAIN, torch.float32, rotary_base=checkpoint.rotary_base).provide()
     sharded = whole.sharded_state_dict()
     loaded = dist_checkpointing.load(sharded, str(checkpoint.weights_dir))

@@ -20,11 +20,11 @@ def register(app: typer.Typer) -> None:
 
 def export(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint root, iter_NNNNNNN folder, NeMo 2 folder (context/ + weights/), "
-                                               "or DeepSpeed universal checkpoint (zero/ + mp_rank_00_model_states.pt).")],
+                                               ".nemo file, or DeepSpeed universal checkpoint (zero/ + mp_rank_00_model_states.pt).")],
     out: Annotated[Path, typer.Argument(help="New output folder (Hugging Face LlamaForCausalLM).")],
     phase: Annotated[str | None, typer.Option(help="pretrain, extension or anneal (read from the checkpoint when it can tell).")] = None,
     step: Annotated[int | None, typer.Option(help="Step in the phase (read from the checkpoint when it says it).")] = None,
-    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer folder or Hub id (default: the checkpoint's tokenizer/).")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer folder or Hub id (default: the checkpoint's own).")] = None,
     shard_size: Annotated[str, typer.Option(help="Largest safetensors shard, e.g. 5GB or 500MB.")] = "5GB",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -95,7 +95,7 @@ def _import_universal(folder: Path, ckpt: Path, phase: str | None, weights_only:
 
 
 def verify(
-    ckpt: Annotated[Path, typer.Argument(help="Checkpoint root, iter_NNNNNNN folder, or NeMo 2 folder.")],
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint root, iter_NNNNNNN folder, NeMo 2 folder, or .nemo file.")],
     hf_dir: Annotated[Path, typer.Argument(help="Hugging Face folder exported from it.")],
     tolerance: Annotated[float, typer.Option(help="Largest accepted absolute logit difference.")] = 1e-3,
     new_tokens: Annotated[int, typer.Option(help="Greedy tokens compared per prompt.")] = 8,

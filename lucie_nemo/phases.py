@@ -103,8 +103,9 @@ class Phase:
         for name, value in (("sequence length", seq_length), ("train samples", train_samples)):
             if value is not None and value < 1:
                 raise UserError(f"{name} must be a positive number, got {value}")
-        changes = dict(seq_length=seq_length, seed=seed, train_samples=train_samples, data_order=data_order)
-        return replace(self, **{name: value for name, value in changes.items() if value is not None})
+        given = dict(seq_length=seq_length, seed=seed, train_samples=train_samples, data_order=data_order)
+        changes = {name: value for name, value in given.items() if value is not None}
+        return replace(self, **changes) if changes else self  # the phase itself when nothing is overridden
 
 
 PHASE1_STEPS = 753_851

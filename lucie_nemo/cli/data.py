@@ -95,7 +95,7 @@ def samples(
                                                       show_default="the phase's")] = None,
     data_order: Annotated[str | None, typer.Option(help="original or megatron.", show_default="the phase's")] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="The scaled-down phase of `lucie train --tiny`.")] = False,
-    tokens_out: Annotated[Path | None, typer.Option(help="Write the windows to FILE.npy, int [samples, seq+1].")] = None,
+    tokens_out: Annotated[Path | None, typer.Option(help="Write the windows to FILE.npy: an int array, one row of seq+1 tokens per sample.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """What a step's global batch, or a range of global samples, of PHASE holds: read through the very dataset

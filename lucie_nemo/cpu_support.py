@@ -88,6 +88,7 @@ TORCH_REDIRECTED_MODULES: dict[str, str] = {
     "megatron.bridge.training.setup": 'setup(): start_time_tensor on device="cuda"',
     "megatron.bridge.training.checkpointing": "get_rng_state(): torch.cuda.get_rng_state(); iteration all-reduce",
     "megatron.bridge.training.utils.train_utils": 'training_log(): dummy_overflow_buf on device="cuda"',
+    "megatron.bridge.training.train": 'checkpoint_and_decide_exit(): the timed stop\'s flag on device="cuda"',
     "megatron.bridge.data.loaders": 'build_train_valid_test_data_loaders(): flags on device="cuda"',
     "megatron.core.timers": "Timer.start/stop(): torch.cuda.synchronize()",
     "megatron.training.models.dist_utils": "DDP wrapping on a torch.cuda.Stream()",

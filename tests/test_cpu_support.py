@@ -21,6 +21,7 @@ CUDA_CALL_SITES: dict[str, tuple[str, str]] = {
     "megatron.bridge.training.setup": ("setup", 'device="cuda"'),
     "megatron.bridge.training.checkpointing": ("get_rng_state", "torch.cuda.get_rng_state"),
     "megatron.bridge.training.utils.train_utils": ("training_log", 'device="cuda"'),
+    "megatron.bridge.training.train": ("checkpoint_and_decide_exit", 'device="cuda"'),
     "megatron.bridge.data.loaders": ("build_train_valid_test_data_loaders", 'device="cuda"'),
     "megatron.core.timers": ("Timer.start", "torch.cuda.synchronize"),
     "megatron.training.models.dist_utils": ("_ddp_wrap", "torch.cuda.Stream"),

@@ -129,3 +129,14 @@ def test_next_phase_first_step_is_one_adam_step_from_the_previous_phases_last_we
         moved = (first_step[name] - before).abs().max().item()
         bound = lr * (1 + weight_decay * before.abs().max().item()) * 1.001
         assert 0.9 * lr <= moved <= bound, (name, moved / lr)
+
+
+def test_the_timed_stop_saves_and_exits_on_a_cpu(tmp_path):
+    """train.exit_duration_in_mins (what the Slurm profiles set) on a CPU: Megatron-Bridge's exit check builds its
+    flag on device="cuda", redirected here; the run stops after its first step with a checkpoint of it."""
+    command = [sys.executable, "-m", "lucie_nemo.cli", "train", "pretrain", "--tiny", "--vocab-size", "512",
+               "--output-root", str(tmp_path), "train.train_iters=20", "train.exit_duration_in_mins=1e-6"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "exiting program after" in result.stdout + result.stderr
+    assert _latest_iteration(tmp_path / "pretrain") == 1

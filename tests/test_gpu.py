@@ -88,6 +88,14 @@ def _batch(seq_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, torch.arange(seq_length, device="cuda").unsqueeze(0)
 
 
+def _grads_are_finite_and_nonzero(wrapped: torch.nn.Module) -> None:
+    """Every parameter's DDP main_grad (where Bridge's DDP and Transformer Engine accumulate) finite and non-zero."""
+    grads = {name: parameter.main_grad for name, parameter in wrapped.named_parameters()}
+    assert len(grads) == len(list(wrapped.parameters())) > 0
+    assert [name for name, grad in grads.items() if not torch.isfinite(grad).all()] == []
+    assert [name for name, grad in grads.items() if not grad.abs().sum() > 0] == []
+
+
 @te_only
 @pytest.mark.parametrize("precision", ["bf16", "fp8"])
 def test_te_layers_run_a_forward_and_backward(transformer_engine, gpu_world, tmp_path, precision):
@@ -111,10 +119,7 @@ def test_te_layers_run_a_forward_and_backward(transformer_engine, gpu_world, tmp
     assert abs(loss.item() - math.log(VOCAB)) < 0.5  # near ln(vocabulary) at init (std 0.009)
     loss.backward()
     wrapped.finish_grad_sync()
-    grads = {name: parameter.main_grad for name, parameter in wrapped.named_parameters()}
-    assert len(grads) == len(list(wrapped.parameters())) > 0
-    assert [name for name, grad in grads.items() if not torch.isfinite(grad).all()] == []
-    assert [name for name, grad in grads.items() if not grad.abs().sum() > 0] == []
+    _grads_are_finite_and_nonzero(wrapped)
 
 
 @te_only
@@ -173,13 +178,6 @@ def test_lucie_train_in_fp8_saves_and_resumes(transformer_engine, tmp_path):
     assert sorted(losses) == sorted(norms) == [1, 2, 3]  # the third step logged by the resumed process
     assert all(math.isfinite(value) for value in losses.values())
     assert all(math.isfinite(value) and value > 0 for value in norms.values())
-
-
-def _grads_are_finite_and_nonzero(wrapped: torch.nn.Module) -> None:
-    grads = {name: parameter.main_grad for name, parameter in wrapped.named_parameters()}
-    assert len(grads) == len(list(wrapped.parameters())) > 0
-    assert [name for name, grad in grads.items() if not torch.isfinite(grad).all()] == []
-    assert [name for name, grad in grads.items() if not grad.abs().sum() > 0] == []
 
 
 def test_local_layers_run_a_forward_and_backward_in_bf16(gpu_world, tmp_path):

@@ -38,6 +38,7 @@ def _load_script(name: str):
 
 
 wheelhouse_script = _load_script("wheelhouse")
+install_script = _load_script("install_wheelhouse")
 
 
 def _torch_closure() -> list[metadata.Distribution]:
@@ -62,8 +63,7 @@ def make_torch_only_node(folder: Path) -> Path:
     """A virtualenv holding only torch and its requirements (linked from this environment); its python."""
     venv.EnvBuilder(with_pip=True, symlinks=True).create(folder)
     python = folder / "bin" / "python"
-    purelib = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  capture_output=True, text=True, check=True).stdout.strip())
+    purelib = install_script._purelib(python)
     for distribution in _torch_closure():
         for top in {file.parts[0] for file in distribution.files or () if file.parts[0] != ".."}:
             source, target = Path(distribution.locate_file(top)), purelib / top

@@ -3,10 +3,12 @@
 - ``jeanzay``: a Jean Zay-style H100 partition: 4 GPUs per node, no containers; the nodes get
   their software from ``module load`` lines and a virtualenv with lucie-nemo installed.
 - ``pyxis``: a Slurm cluster with Pyxis/enroot: NVIDIA's NeMo container, 8 GPUs per node.
+- ``generic``: a plain Slurm cluster: a virtualenv, and only the Slurm options the site names
+  (account, partition, QoS, constraint, modules all optional), GPUs or none.
 - ``local``: this machine (CPU, or its GPUs), for tiny runs.
 
 Every Slurm job runs one torchrun per node (nemo-run's torchrun launcher), which starts one
-training process per GPU.
+training process per GPU (one process on a node without GPUs).
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ import nemo_run as run
 
 from cluster.site_config import SETTINGS, Site, merge_site, read_config
 from lucie_nemo.errors import UserError
+
+# A SIGTERM to the job's steps (Slurm's --signal=TERM@N before the time limit, `scancel --signal=TERM`, a
+# preemption) reaches every process of the step. Only the trainers must act on it (save, then exit 0): torchrun
+# would otherwise stop them after its 30 s grace, and the DataLoader workers would die (the trainers then
+# crash on their next batch). So the step starts torchrun with SIGTERM ignored through a bash prefix in front
+# of nemo-run's torchrun command; its children inherit the ignore until Megatron-Bridge installs its exit
+# handler in the trainers (train.exit_signal_handler) and their DataLoader workers
+# (train.exit_signal_handler_for_dataloader), and torchrun is told not to handle SIGTERM itself.
+# (nemo-run writes srun_args into the script as they are, unquoted: the bash program is quoted here.)
+TORCHRUN_IGNORES_SIGTERM = ("bash", "-c", shlex.quote('trap "" TERM; exec "$0" "$@"'))
+SIGTERM_TO_TRAINERS_ONLY = {"PET_SIGNALS_TO_HANDLE": "SIGINT,SIGHUP,SIGQUIT"}  # torchrun --signals-to-handle
 
 _COMMON = frozenset({"output_root", "data_root", "job_root", "gpus_per_node", "venv", "env"})
 _SLURM = _COMMON | {
@@ -38,19 +51,20 @@ class Profile:
     defaults: dict[str, Any]
     settings: frozenset[str]
     slurm: bool
+    needs_account: bool = False
 
     def check(self, site: Site) -> None:
         """Values a submission cannot do without, each error naming the setting."""
         if not self.slurm:
             return
-        if not site.account:
+        if self.needs_account and not site.account:
             raise UserError(f"cluster {site.name!r}: set account (Slurm --account) in the site config or --account")
         if not site.output_root or not Path(site.output_root).is_absolute():
             raise UserError(
                 f"cluster {site.name!r}: output_root must be an absolute path on the cluster's shared file system "
                 f"(got {site.output_root!r}): set it in the site config or with --output-root"
             )
-        if self.name == "jeanzay" and not site.venv:
+        if self.name in ("jeanzay", "generic") and not site.venv:
             raise UserError(
                 f"cluster {site.name!r}: set venv, the virtualenv with lucie-nemo installed on the cluster "
                 "(its bin/lucie and bin/torchrun run on the nodes)"
@@ -73,6 +87,7 @@ PROFILES: dict[str, Profile] = {
                           sbatch={"hint": "nomultithread"}),
             settings=_SLURM | {"modules"},
             slurm=True,
+            needs_account=True,
         ),
         Profile(
             name="pyxis",
@@ -81,6 +96,14 @@ PROFILES: dict[str, Profile] = {
             defaults=dict(gpus_per_node=8, walltime="04:00:00", container_image="nvcr.io/nvidia/nemo:26.08",
                           sbatch={"exclusive": True}),
             settings=_SLURM | {"container_image", "container_mounts"},
+            slurm=True,
+            needs_account=True,
+        ),
+        Profile(
+            name="generic",
+            description="plain Slurm: a virtualenv, optional account/partition/qos/constraint/modules, GPUs or none",
+            defaults=dict(gpus_per_node=8, walltime="04:00:00"),
+            settings=_SLURM | {"modules"},
             slurm=True,
         ),
         Profile(
@@ -120,23 +143,25 @@ def _slurm_executor(site: Site, nodes: int, cpu_only: bool = False, **container:
     # the cluster (the site's virtualenv, or the container), not from a git archive of this checkout:
     # nemo-run's default GitArchivePackager would drop uncommitted changes and needs a git checkout.
     # cpu_only (data preparation): one plain task on each whole node, no GPU, no GPU constraint, no torchrun.
-    gpus = None if cpu_only else site.gpus_per_node
+    gpus = 0 if cpu_only else site.gpus_per_node
     sbatch = {**site.sbatch, "exclusive": True} if cpu_only else site.sbatch
     return run.SlurmExecutor(
-        account=site.account,
-        partition=site.partition,
-        qos=site.qos,
-        constraint=None if cpu_only else site.constraint,
+        account=site.account or None,  # an empty value is no option, not `--account=''`
+        partition=site.partition or None,
+        qos=site.qos or None,
+        constraint=None if cpu_only else site.constraint or None,
         cpus_per_task=site.cpus_per_task,
         mem=site.mem,
         nodes=nodes,
-        ntasks_per_node=1 if cpu_only else gpus,
-        gpus_per_node=gpus,
-        torchrun_nproc_per_node=gpus,
+        ntasks_per_node=1 if cpu_only else max(gpus, 1),
+        gpus_per_node=gpus or None,
+        torchrun_nproc_per_node=max(gpus, 1),
         time=site.walltime,
         signal=f"TERM@{site.sigterm_seconds}",
         additional_parameters={"kill_on_invalid_dep": "yes", **sbatch},
-        env_vars={key: shlex.quote(str(value)) for key, value in site.env.items()},
+        env_vars={**({} if cpu_only else SIGTERM_TO_TRAINERS_ONLY),
+                  **{key: shlex.quote(str(value)) for key, value in site.env.items()}},
+        srun_args=None if cpu_only else list(TORCHRUN_IGNORES_SIGTERM),
         job_name_prefix="lucie-",
         launcher=None if cpu_only else "torchrun",
         packager=run.Packager(),
@@ -146,7 +171,7 @@ def _slurm_executor(site: Site, nodes: int, cpu_only: bool = False, **container:
     )
 
 
-def _jeanzay(site: Site, nodes: int, cpu_only: bool = False) -> run.SlurmExecutor:
+def _plain(site: Site, nodes: int, cpu_only: bool = False) -> run.SlurmExecutor:
     return _slurm_executor(site, nodes, cpu_only)
 
 
@@ -168,7 +193,8 @@ def _local(site: Site, nodes: int, cpu_only: bool = False) -> run.LocalExecutor:
     )
 
 
-EXECUTORS: dict[str, Callable[..., run.Executor]] = {"jeanzay": _jeanzay, "pyxis": _pyxis, "local": _local}
+EXECUTORS: dict[str, Callable[..., run.Executor]] = {"jeanzay": _plain, "generic": _plain, "pyxis": _pyxis,
+                                                     "local": _local}
 
 
 def executor(site: Site, nodes: int, cpu_only: bool = False) -> run.Executor:
@@ -178,7 +204,10 @@ def executor(site: Site, nodes: int, cpu_only: bool = False) -> run.Executor:
 
 def setup_lines(site: Site) -> list[str]:
     """Shell lines that give the batch script and its nodes the training environment."""
-    if site.profile != "jeanzay":
-        return []
-    lines = ["module purge"] + [f"module load {module}" for module in site.modules]
-    return lines + [f"source {shlex.quote(site.venv)}/bin/activate"]
+    # nemo-run's script template runs under `set -evx`: stop echoing every line into the job log.
+    lines = ["set +vx"]
+    if site.profile == "jeanzay" or site.modules:
+        lines += ["module purge"] + [f"module load {module}" for module in site.modules]
+    if site.profile != "pyxis" and site.venv:
+        lines.append(f"source {shlex.quote(site.venv)}/bin/activate")
+    return lines

@@ -41,6 +41,16 @@ def checkpoint_to_load(checkpoint_cfg) -> str | None:
     return checkpoint_cfg.pretrained_checkpoint
 
 
+def require_initial_checkpoint(checkpoint_cfg, phase: str) -> None:
+    """A phase that starts from another's checkpoint (``pretrained_checkpoint``) and has none of its own yet
+    needs that checkpoint: one error naming it, rather than Bridge's assertion deep in its config."""
+    initial = checkpoint_cfg.pretrained_checkpoint
+    if initial is None or checkpoint_to_load(checkpoint_cfg) != initial or Path(initial).exists():
+        return
+    raise UserError(f"phase {phase} starts from the checkpoint {initial}, which does not exist: train the phase "
+                    "before it first (its last checkpoint goes there), or set checkpoint.pretrained_checkpoint=PATH")
+
+
 def resumes_distributed_optimizer_state(checkpoint_cfg) -> bool:
     """Whether the run resumes from a checkpoint whose optimizer state megatron-core's DistributedOptimizer
     wrote (its run_config.yaml says so): a CPU run loads it with the same optimizer (`lucie import`'s

@@ -84,7 +84,9 @@ def train_phase(phase: str, **options) -> None:
     import torch
 
     from lucie_nemo import cpu_support
-    from lucie_nemo.checkpoint_load import resumes_distributed_optimizer_state, use_checked_loads
+    from lucie_nemo.checkpoint_load import (require_initial_checkpoint, resumes_distributed_optimizer_state,
+                                            use_checked_loads)
+    from lucie_nemo.graceful_stop import start_checkpoint_writer_queue_ignoring_sigterm
     from lucie_nemo.model import use_local_layers
     from lucie_nemo.plan import names_a_split
     from lucie_nemo.validation import check_layout
@@ -101,10 +103,13 @@ def train_phase(phase: str, **options) -> None:
     elif not cpu_support.transformer_engine_installed():
         use_local_layers(cfg.model, dtype=torch.bfloat16)  # a GPU environment without Transformer Engine
     use_checked_loads(cfg)  # a failed load ends the run with an error, never with status 0
+    require_initial_checkpoint(cfg.checkpoint, phase)
     check_layout(cfg, _world_size(), batch_sizes)
     _single_process_defaults()
     if os.environ["RANK"] == "0":
         _record_plan(cfg, trained_phase(phase, options.get("tiny", False), options.get("phase_overrides")))
+    if cfg.train.exit_signal_handler:
+        start_checkpoint_writer_queue_ignoring_sigterm()
     pretrain(cfg, forward_step)
 
 

@@ -21,6 +21,13 @@ venv = "/lustre/work/venv"
 output_root = "/lustre/runs"
 """
 
+GENERIC = """
+[plain]
+profile = "generic"
+venv = "/shared/venv"
+output_root = "/shared/runs"
+"""
+
 
 @pytest.fixture(autouse=True)
 def no_user_config(tmp_path, monkeypatch):
@@ -58,6 +65,17 @@ def test_pyxis_defaults():
     assert site.lucie == "lucie"  # on the image's PATH unless a venv is given
 
 
+def test_generic_needs_only_a_venv_and_an_output_root(tmp_path):
+    site, profile = load_site("plain", config(tmp_path, GENERIC))
+    assert profile.slurm and (site.gpus_per_node, site.walltime, site.account, site.modules) == (8, "04:00:00", None, ())
+    slurm = executor(site, 2)
+    assert (slurm.account, slurm.constraint, slurm.gpus_per_node, slurm.ntasks_per_node) == (None, None, 8, 8)
+    cpu, _ = load_site("plain", config(tmp_path, GENERIC + "gpus_per_node = 0\nconstraint = ''\naccount = ''\n"))
+    cpu_nodes = executor(cpu, 1)
+    assert (cpu_nodes.account, cpu_nodes.constraint, cpu_nodes.gpus_per_node, cpu_nodes.ntasks_per_node) == \
+        (None, None, None, 1)
+
+
 def test_local_needs_no_config():
     site, profile = load_site("local")
     assert not profile.slurm and site.gpus_per_node == 0
@@ -72,6 +90,7 @@ def test_local_needs_no_config():
         ("", {}, "unknown cluster 'jz'"),
         (JEANZAY.replace('account = "abc@h100"\n', ""), {}, "set account"),
         (JEANZAY.replace('venv = "/lustre/work/venv"\n', ""), {}, "set venv"),
+        (GENERIC.replace("[plain]", "[jz]").replace('venv = "/shared/venv"\n', ""), {}, "set venv"),
         (JEANZAY, {"output_root": "runs"}, "output_root must be an absolute path"),
         (JEANZAY + 'container_image = "x"\n', {}, "'container_image' is not a setting of profile 'jeanzay'"),
         (JEANZAY + "gpus_per_node = '4'\n", {}, "gpus_per_node = '4' should be an integer"),
@@ -100,5 +119,5 @@ def test_default_config_location(tmp_path):
 
 
 def test_profiles_are_documented():
-    assert set(PROFILES) == {"jeanzay", "pyxis", "local"}
+    assert set(PROFILES) == {"jeanzay", "pyxis", "generic", "local"}
     assert all(profile.description for profile in PROFILES.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,8 @@ def test_jeanzay_all_chains_three_phases(site_config, megatron_runtime):
     assert (option(lucie, "--nodes"), option(lucie, "--gpus-per-node")) == ("128", "4")
     assert option(lucie, "--precision") == "bf16"
     assert option(lucie, "--output-root") == "/lustre/scratch/lucie/runs"
-    assert lucie[-2:] == ["train.exit_duration_in_mins=1180", "train.exit_signal_handler=true"]  # 20 h - 20 min
+    assert lucie[-3:] == ["train.exit_duration_in_mins=1180", "train.exit_signal_handler=true",  # 20 h - 20 min
+                          "train.exit_signal_handler_for_dataloader=true"]
     # The command's allocation gives the original layout: TP4 PP4 DP32 on 128 nodes.
     assert option(lucie, "--layout") == "original"
     cfg = build_phase_config("pretrain", nodes=128, gpus_per_node=4, output_root="/lustre/scratch/lucie/runs",
@@ -128,8 +130,38 @@ def test_pyxis_container_and_8_gpus(site_config, megatron_runtime):
     assert (option(command, "--nnodes"), option(command, "--nproc-per-node")) == ("64", "8")
     lucie = command[command.index("--no-python") + 1:]
     assert lucie[:3] == ["lucie", "train", "pretrain"] and option(lucie, "--precision") == "fp8"
-    assert lucie[-3:] == [
-        "train.exit_duration_in_mins=220", "train.exit_signal_handler=true", "train.manual_gc_interval=50"]
+    assert lucie[-4:] == ["train.exit_duration_in_mins=220", "train.exit_signal_handler=true",
+                          "train.exit_signal_handler_for_dataloader=true", "train.manual_gc_interval=50"]
+
+
+def test_generic_profile_renders_only_the_options_the_site_gives(tmp_path, megatron_runtime):
+    """A plain Slurm cluster: no account, partition, constraint (empty) or modules; CPU nodes."""
+    config = tmp_path / "plain.toml"
+    config.write_text(f'[plain]\nprofile = "generic"\nvenv = "/shared/venv"\noutput_root = "/shared/runs"\n'
+                      f'gpus_per_node = 0\nconstraint = ""\njob_root = "{tmp_path / 'jobs'}"\n')
+    [script] = rendered(invoke("pretrain", "--tiny", "--cluster", "plain", "--site-config", str(config), "--dry-run"), 1)
+    for absent in ("account", "constraint", "partition", "qos", "gpus-per-node", "hint"):
+        assert f"#SBATCH --{absent}" not in script, absent
+    assert "module " not in script
+    for line in ["#SBATCH --time=04:00:00", "#SBATCH --ntasks-per-node=1", "source /shared/venv/bin/activate",
+                 "set +vx", "export PET_SIGNALS_TO_HANDLE=SIGINT,SIGHUP,SIGQUIT"]:
+        assert line in script, line
+    command = training_command(script)
+    assert option(command, "--nproc-per-node") == "1"
+    assert command[command.index("--no-python") + 1:][:3] == ["/shared/venv/bin/lucie", "train", "pretrain"]
+
+
+def test_the_training_step_starts_torchrun_with_sigterm_ignored(site_config, megatron_runtime):
+    """The srun line runs `bash -c 'trap "" TERM; exec "$0" "$@"' torchrun ...`: bash execs torchrun with its
+    arguments unchanged, SIGTERM ignored (the trainers get it from Slurm and save)."""
+    [script] = rendered(invoke("pretrain", "--cluster", "jz", "--site-config", str(site_config), "--dry-run",
+                               "--layout", "original"), 1)
+    srun = shlex.split(next(line for line in script.splitlines() if line.startswith("srun ")))
+    start = srun.index("bash")
+    assert srun[start:start + 4] == ["bash", "-c", 'trap "" TERM; exec "$0" "$@"', "torchrun"]
+    shown = subprocess.run(["bash", "-c", srun[start + 2], "bash", "-c", 'trap -p TERM; echo "$@"', "x", "a b", "c"],
+                           capture_output=True, text=True, check=True).stdout
+    assert shown == "trap -- '' SIGTERM\na b c\n"
 
 
 def test_submission_chains_phases_afterok(site_config, tmp_path, monkeypatch, megatron_runtime):
@@ -190,7 +222,7 @@ def test_fast_layout_runs_phase_1_in_two_chained_legs(site_config, megatron_runt
         layout = (f"TP{leg['tensor_parallel']} PP{leg['pipeline_parallel']} CP{leg['context_parallel']} "
                   f"DP{leg['data_parallel']}, mbs {leg['micro_batch_size']}")
         assert f"# lucie: pretrain ({leg['leg']} leg, steps {leg['from_step']}-{leg['to_step']}) on 128 nodes x 4 " \
-               f"GPUs: {layout}, 753851 iterations" in script
+               f"GPUs: {layout}, stops at iteration {leg['to_step']} of 753851 " in script
         assert f"lucie_final_iteration={leg['to_step']}" in script
         assert "lucie_checkpoints=/lustre/scratch/lucie/runs/pretrain/checkpoints" in script  # one folder
         lucie = training_command(script)

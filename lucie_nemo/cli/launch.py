@@ -54,9 +54,11 @@ def training_jobs(site, profile, phase_name: str, *, nodes: int | None, precisio
     nodes = nodes or _default_nodes(phase, gpus, tiny, profile.slurm)
     generated = []
     if profile.slurm:
-        # Save and stop before the time limit (the job then requeues itself); SIGTERM also saves.
+        # Save and stop before the time limit (the job then requeues itself); SIGTERM also saves
+        # (cluster/profiles.py: how the signal reaches the trainers and spares torchrun and the DataLoader workers).
         minutes = exit_duration_minutes(site.walltime_minutes, site.stop_margin_minutes)
-        generated = [f"train.exit_duration_in_mins={minutes}", "train.exit_signal_handler=true"]
+        generated = [f"train.exit_duration_in_mins={minutes}", "train.exit_signal_handler=true",
+                     "train.exit_signal_handler_for_dataloader=true"]
     options = dict(nodes=nodes, gpus_per_node=gpus, precision=precision, output_root=site.output_root,
                    data_root=site.data_root)
     legs = (None,) if tiny else layout_legs(phase, layout, nodes, gpus, precision)
@@ -82,6 +84,9 @@ def training_jobs(site, profile, phase_name: str, *, nodes: int | None, precisio
         name, steps = phase.name, ""
         if leg_option:
             name, steps = f"{phase.name}-{leg.name}", f" ({leg.name} leg, steps {leg.from_step}-{leg.to_step})"
+        # A leg's script stops at the leg's last step, not at the phase's.
+        iterations = (f"stops at iteration {last} of {cfg.train.train_iters}" if leg_option
+                      else f"{cfg.train.train_iters} iterations")
         jobs.append(TrainingJob(
             name=name,
             nodes=nodes,
@@ -89,7 +94,7 @@ def training_jobs(site, profile, phase_name: str, *, nodes: int | None, precisio
             checkpoints=cfg.checkpoint.save,
             final_iteration=last,
             summary=(f"lucie: {phase.name}{steps} on {nodes} nodes x {gpus} GPUs: {described}, "
-                     f"mbs {cfg.train.micro_batch_size}, {cfg.train.train_iters} iterations "
+                     f"mbs {cfg.train.micro_batch_size}, {iterations} "
                      "(recipe validated before rendering)"),
         ))
     return jobs
@@ -98,7 +103,7 @@ def training_jobs(site, profile, phase_name: str, *, nodes: int | None, precisio
 def launch(
     phase: Annotated[str, typer.Argument(help="pretrain, extension, anneal, or all (the three, chained)")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value recipe overrides, passed to `lucie train`")] = None,
-    cluster: Annotated[str, typer.Option(help="Profile (jeanzay, pyxis, local) or a table of the site config")] = "local",
+    cluster: Annotated[str, typer.Option(help="Profile (jeanzay, pyxis, generic, local) or a table of the site config")] = "local",
     site_config: Annotated[Optional[Path], typer.Option(help="Site TOML (default ~/.config/lucie-nemo/clusters.toml)")] = None,
     nodes: Annotated[Optional[int], typer.Option(help="Nodes per phase (default: the phase's original GPU count)")] = None,
     precision: Annotated[str, typer.Option(help="bf16 or fp8")] = "bf16",
@@ -109,7 +114,7 @@ def launch(
     partition: Annotated[Optional[str], typer.Option(help="Slurm partition")] = None,
     qos: Annotated[Optional[str], typer.Option(help="Slurm QoS")] = None,
     walltime: Annotated[Optional[str], typer.Option(help="Job time limit, HH:MM:SS or D-HH:MM:SS")] = None,
-    gpus_per_node: Annotated[Optional[int], typer.Option(help="GPUs per node (0: CPU, local only)")] = None,
+    gpus_per_node: Annotated[Optional[int], typer.Option(help="GPUs per node (0: CPU nodes, one training process each)")] = None,
     output_root: Annotated[Optional[str], typer.Option(help="Runs folder: <root>/<phase>/checkpoints, tensorboard")] = None,
     data_root: Annotated[Optional[str], typer.Option(help="Tokenised datasets (default: mock data)")] = None,
     job_root: Annotated[Optional[str], typer.Option(help="nemo-run jobs folder (default <output-root>/jobs)")] = None,

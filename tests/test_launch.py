@@ -164,6 +164,33 @@ def test_the_training_step_starts_torchrun_with_sigterm_ignored(site_config, meg
     assert shown == "trap -- '' SIGTERM\na b c\n"
 
 
+def test_tiny_launch_keeps_the_layout_asked_for(site_config, megatron_runtime):
+    [script] = rendered(invoke("pretrain", "--tiny", "--cluster", "jz", "--site-config", str(site_config), "--dry-run",
+                               "--layout", "TP2xPP2xCP1"), 1)
+    assert "# lucie: pretrain on 1 nodes x 4 GPUs: TP2 PP2 CP1 DP1, mbs 1" in script
+    lucie = training_command(script)
+    assert option(lucie, "--layout") == "TP2xPP2xCP1" and "--tiny" in lucie
+
+
+def test_blend_file_is_validated_then_given_to_the_training_command(site_config, tmp_path, megatron_runtime):
+    data = tmp_path / "data"
+    for prefix in ("web/fr_text_document", "code/py_text_document"):
+        (data / prefix).parent.mkdir(parents=True, exist_ok=True)
+        for suffix in (".bin", ".idx"):
+            (data / (prefix + suffix)).write_bytes(b"")
+    blend = tmp_path / "my-blend.txt"
+    blend.write_text("0.25 web/fr_text_document 0.75 code/py_text_document\n")
+    [script] = rendered(invoke("anneal", "--cluster", "jz", "--site-config", str(site_config), "--dry-run",
+                               "--data-root", str(data), "--blend-file", str(blend)), 1)
+    assert option(training_command(script), "--blend-file") == str(blend)
+    (data / "code/py_text_document.idx").unlink()
+    result = invoke("anneal", "--cluster", "jz", "--site-config", str(site_config), "--dry-run",
+                    "--data-root", str(data), "--blend-file", str(blend))
+    assert result.exit_code == 2 and "code/py_text_document" in result.output, result.output
+    result = invoke("all", "--cluster", "jz", "--site-config", str(site_config), "--dry-run", "--blend-file", str(blend))
+    assert result.exit_code == 2 and "--blend-file is one phase's blend" in result.output
+
+
 def test_submission_chains_phases_afterok(site_config, tmp_path, monkeypatch, megatron_runtime):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -38,7 +38,7 @@ def keep_stdout_for_results() -> None:
 
 
 def training_jobs(site, profile, phase_name: str, *, nodes: int | None, precision: str, tiny: bool,
-                  overrides: list[str], layout: str = "fast"):
+                  overrides: list[str], layout: str = "fast", blend_file: str | None = None):
     """The `lucie train` command of each leg of one phase on ``site`` (one leg, or the rampup and main
     legs of phase 1 under ``fast``), each recipe validated for that allocation."""
     from cluster.experiment import TrainingJob
@@ -60,7 +60,7 @@ def training_jobs(site, profile, phase_name: str, *, nodes: int | None, precisio
         generated = [f"train.exit_duration_in_mins={minutes}", "train.exit_signal_handler=true",
                      "train.exit_signal_handler_for_dataloader=true"]
     options = dict(nodes=nodes, gpus_per_node=gpus, precision=precision, output_root=site.output_root,
-                   data_root=site.data_root)
+                   data_root=site.data_root, blend_file=blend_file)
     legs = (None,) if tiny else layout_legs(phase, layout, nodes, gpus, precision)
 
     runtime.prepare()
@@ -79,7 +79,7 @@ def training_jobs(site, profile, phase_name: str, *, nodes: int | None, precisio
         for option, value in options.items():
             if value is not None:
                 args += [f"--{option.replace('_', '-')}", str(value)]
-        args += ([] if tiny else ["--layout", layout]) + (["--leg", leg_option["leg"]] if leg_option else [])
+        args += ["--layout", layout] + (["--leg", leg_option["leg"]] if leg_option else [])
         args += (["--tiny"] if tiny else []) + generated + overrides
         name, steps = phase.name, ""
         if leg_option:
@@ -117,6 +117,7 @@ def launch(
     gpus_per_node: Annotated[Optional[int], typer.Option(help="GPUs per node (0: CPU nodes, one training process each)")] = None,
     output_root: Annotated[Optional[str], typer.Option(help="Runs folder: <root>/<phase>/checkpoints, tensorboard")] = None,
     data_root: Annotated[Optional[str], typer.Option(help="Tokenised datasets (default: mock data)")] = None,
+    blend_file: Annotated[Optional[Path], typer.Option(help="Blend file of the phase (default: its Lucie blend)")] = None,
     job_root: Annotated[Optional[str], typer.Option(help="nemo-run jobs folder (default <output-root>/jobs)")] = None,
 ) -> None:
     """Launch PHASE on a cluster profile: validate, then submit (or --dry-run: write the sbatch scripts)."""
@@ -124,6 +125,7 @@ def launch(
         from cluster.experiment import dry_run as render, submit
         from cluster.placeholders import DRY_RUN_FOLDER, mark_scripts, notice, placeholder_values
         from cluster.profiles import load_site
+        from lucie_nemo.errors import UserError
         from lucie_nemo.phases import PHASES, get_phase
 
         keep_stdout_for_results()
@@ -135,11 +137,14 @@ def launch(
         given = {key: value for key, value in flags.items() if value is not None}
         site, profile = load_site(cluster, site_config, **(placeholders | given))
         names = list(PHASES) if phase == ALL else [get_phase(phase).name]
+        if blend_file is not None and phase == ALL:
+            raise UserError("--blend-file is one phase's blend: launch the phases one at a time to give each its own")
         jobs = [
             job
             for name in names
             for job in training_jobs(site, profile, name, nodes=nodes, precision=precision, tiny=tiny,
-                                     overrides=overrides or [], layout=layout)
+                                     overrides=overrides or [], layout=layout,
+                                     blend_file=str(blend_file.absolute()) if blend_file else None)
         ]
         title = f"lucie-{phase}"
         if dry_run:

@@ -12,7 +12,7 @@ $(STAMP): requirements.txt pyproject.toml scripts/setup_env.sh
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=10
 
 demo: $(STAMP)
 	$(VENV)/bin/lucie demo

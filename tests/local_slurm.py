@@ -131,7 +131,14 @@ class LocalSlurm:
         self._wait_for(lambda: "idle" in self.command("sinfo", "-h", "-o", "%T"), "the node to be idle")
 
     def stop(self) -> None:
-        """Stop the daemons this object started (by PID), the last started first."""
+        """Cancel what is still queued or running (a failed test leaves no training behind), then stop the
+        daemons this object started (by PID), the last started first."""
+        if self.daemons and self.daemons[-1].poll() is None:
+            subprocess.run(["scancel", "--partition=debug"], env=self.env, capture_output=True)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and subprocess.run(
+                    ["squeue", "-h"], env=self.env, capture_output=True, text=True).stdout.strip():
+                time.sleep(1)
         for process in reversed(self.daemons):
             process.terminate()
             try:

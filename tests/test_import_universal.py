@@ -70,7 +70,7 @@ def _assert_same(hf: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
 
 
 def test_reader_recognises_the_format_and_its_facts(universal):
-    from converters.universal import UniversalCheckpoint, is_universal
+    from converters.universal.checkpoint import UniversalCheckpoint, is_universal
     from lucie_nemo.phases import PRETRAIN
 
     assert is_universal(universal) and not is_universal(universal / "zero")

@@ -30,10 +30,10 @@ def export(
 ) -> None:
     """Write a checkpoint as bf16 safetensors shards with config, generation config, tokenizer and model card."""
     with user_errors():
-        from converters.universal import is_universal
+        from converters.universal.checkpoint import is_universal
 
         if is_universal(ckpt):  # a DeepSpeed universal checkpoint (released optimizer states)
-            from converters.export_universal import export_universal as export_checkpoint
+            from converters.universal.export import export_universal as export_checkpoint
         else:
             from converters.export import export_checkpoint
 
@@ -62,7 +62,7 @@ def import_(
     """
     with user_errors():
         from converters.hub_source import download_revision, is_hub_id
-        from converters.universal import is_universal
+        from converters.universal.checkpoint import is_universal
 
         if is_hub_id(hf_dir):
             hf_dir = download_revision(str(hf_dir), revision, endpoint)
@@ -79,13 +79,13 @@ def import_(
 def _import_universal(folder: Path, ckpt: Path, phase: str | None, weights_only: bool, tiny: bool,
                       progress: bool) -> None:
     if weights_only:
-        from converters.import_universal import import_universal_weights
+        from converters.universal.import_weights import import_universal_weights
 
         result = import_universal_weights(folder, ckpt, phase, tiny)
         print(f"wrote {result.out}: {result.num_parameters:,} parameters (iteration {result.iteration}'s weights), "
               "use it as checkpoint.pretrained_checkpoint")
         return
-    from converters.universal_state import import_universal_state
+    from converters.universal.import_state import import_universal_state
 
     state = import_universal_state(folder, ckpt, phase, tiny, progress)
     print(f"wrote {state.out}: phase {state.phase.name} iteration {state.iteration} ({state.num_parameters:,} parameters, "

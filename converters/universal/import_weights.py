@@ -13,8 +13,8 @@ import torch
 
 from converters.import_hf import check_written
 from converters.megatron_model import build_model
-from converters.universal import UniversalCheckpoint
-from converters.universal_facts import check_run_facts
+from converters.universal.checkpoint import UniversalCheckpoint
+from converters.universal.facts import check_run_facts
 from lucie_nemo.distributed import single_process_world
 from lucie_nemo.errors import UserError
 from lucie_nemo.model import LucieShape

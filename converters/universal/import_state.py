@@ -40,8 +40,8 @@ runtime.prepare()  # before Megatron is imported (import hook, quiet logs, CPU r
 
 from converters.layout import EMBEDDING, FINAL_NORM, LAYER_TENSORS, OUTPUT_LAYER, megatron_shape  # noqa: E402
 from converters.torch_dist_stream import write_streamed  # noqa: E402
-from converters.universal import OPTIMIZER_STATE, ZERO, UniversalCheckpoint, load_pickle  # noqa: E402
-from converters.universal_facts import check_run_facts  # noqa: E402
+from converters.universal.checkpoint import OPTIMIZER_STATE, ZERO, UniversalCheckpoint, load_pickle  # noqa: E402
+from converters.universal.facts import check_run_facts  # noqa: E402
 from lucie_nemo.errors import UserError  # noqa: E402
 from lucie_nemo.model import LucieShape, build_provider, use_local_layers  # noqa: E402
 from lucie_nemo.phases import Phase  # noqa: E402

@@ -90,7 +90,7 @@ def _import_config(phase: Phase, shape: LucieShape, tiny: bool, out: Path):
     """The phase's recipe as ``lucie train`` builds it, for one process: TP = PP = CP = DP = 1, local layers
     (no Transformer Engine on the CPU), gloo, saving into ``out``. Weights in bf16 with fp32 main parameters
     and the distributed optimizer, as on the GPUs."""
-    from lucie_nemo.train import build_leg_config
+    from lucie_nemo.leg_config import build_leg_config
 
     provider = build_provider(shape, phase)
     # the original layout's recipe: one leg over the whole phase (the checkpoint loads in any layout)

@@ -49,7 +49,7 @@ def import_(
     phase: Annotated[str | None, typer.Option(help="Phase whose context/RoPE the saved config names (default: from config.json).")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Universal checkpoint: the weights alone.")] = False,
     tiny: Annotated[bool, typer.Option("--tiny", help="Universal checkpoint of the scaled-down phase (lucie train --tiny).")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar (universal checkpoints).")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     revision: Annotated[str | None, typer.Option(help="With a Hub id as source: the branch to download, e.g. step0500000.")] = None,
     endpoint: Annotated[str | None, typer.Option(help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co).")] = None,
 ) -> None:
@@ -72,7 +72,7 @@ def import_(
             return
         from converters.import_hf import import_hf
 
-        result = import_hf(hf_dir, ckpt, phase)
+        result = import_hf(hf_dir, ckpt, phase, progress)
     print(f"wrote {result.out}: {result.num_parameters:,} parameters, use it as checkpoint.pretrained_checkpoint")
 
 
@@ -81,7 +81,7 @@ def _import_universal(folder: Path, ckpt: Path, phase: str | None, weights_only:
     if weights_only:
         from converters.universal.import_weights import import_universal_weights
 
-        result = import_universal_weights(folder, ckpt, phase, tiny)
+        result = import_universal_weights(folder, ckpt, phase, tiny, progress)
         print(f"wrote {result.out}: {result.num_parameters:,} parameters (iteration {result.iteration}'s weights), "
               "use it as checkpoint.pretrained_checkpoint")
         return

@@ -9,7 +9,7 @@ to ``iter_0000000/tokenizer/``. The local spec saves its norms under the Transfo
 
 from __future__ import annotations
 
-import contextlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from converters.hf_writer import check_folder, read_json, weight_map
 from converters.layout import megatron_tensor
-from lucie_nemo.staging import staged_folder
+from lucie_nemo.staging import resumable_folder
 from lucie_nemo.distributed import single_process_world
 from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import rope_theta_of, shape_from_hf_config
@@ -47,26 +47,20 @@ def hf_phase(config: dict, name: str | None) -> Phase:
 
 
 class _SafetensorsFolder:
-    """Tensors of a Hugging Face folder by name, opened lazily (one shard file handle at a time)."""
+    """Tensors of a Hugging Face folder by name, each read from its shard opened for that read alone (an open shard
+    keeps mapped every page read from it: memory growing with the shard)."""
 
     def __init__(self, folder: Path):
         self.folder, self.weight_map = folder, weight_map(folder)
-        self._stack = contextlib.ExitStack()
-        self._open: dict[str, object] = {}
 
     def __call__(self, name: str) -> torch.Tensor:
-        file = self.weight_map[name]
-        if file not in self._open:
-            self._stack.close()
-            self._open = {file: self._stack.enter_context(safe_open(self.folder / file, framework="pt"))}
-        return self._open[file].get_tensor(name)
-
-    def close(self) -> None:
-        self._stack.close()
+        with safe_open(self.folder / self.weight_map[name], framework="pt") as shard:
+            return shard.get_tensor(name)
 
 
 def import_hf(hf_dir: str | Path, out: str | Path, phase: str | None = None, progress: bool = True) -> ImportResult:
-    """Write the weights of ``hf_dir`` as a weights-only Megatron-Bridge torch_dist checkpoint at ``out``."""
+    """Write the weights of ``hf_dir`` as a weights-only Megatron-Bridge torch_dist checkpoint at ``out``, continuing
+    a killed run."""
     from converters.weights_only import ITERATION, write_weights_only
 
     hf_dir, out = Path(hf_dir), Path(out)
@@ -74,9 +68,12 @@ def import_hf(hf_dir: str | Path, out: str | Path, phase: str | None = None, pro
     config = read_json(hf_dir / "config.json")
     shape = shape_from_hf_config(config, str(hf_dir / "config.json"))
     resolved = hf_phase(config, phase)
-    with single_process_world(), staged_folder(out) as staging, contextlib.closing(_SafetensorsFolder(hf_dir)) as source:
-        count = write_weights_only(staging, shape, resolved,
+    manifest = {"import": "hugging face folder", "source": str(hf_dir.resolve()), "phase": resolved.name}
+    source = _SafetensorsFolder(hf_dir)
+    with single_process_world(), resumable_folder(out, manifest) as work:
+        count = write_weights_only(work, shape, resolved,
                                    lambda tensor, layer, _: megatron_tensor(shape, source, tensor, layer), progress)
         if (hf_dir / "tokenizer.json").is_file():  # where `lucie export` looks for it (Bridge's own copy re-serializes it)
-            export_tokenizer(hf_dir, staging / ITERATION / "tokenizer")
+            shutil.rmtree(work.path / ITERATION / "tokenizer", ignore_errors=True)  # a killed run's
+            export_tokenizer(hf_dir, work.path / ITERATION / "tokenizer")
     return ImportResult(out, shape, resolved, count)

@@ -139,17 +139,26 @@ def _check_written(folder: Path, items: list[WriteItem]) -> None:
 
 
 def write_scaled(out: Path, template: Path, iteration: str, shape: LucieShape, read: Read, states: dict[str, str],
-                 progress: bool) -> list[WriteItem]:
+                 journal: Path, progress: bool) -> list[WriteItem]:
     """Write template checkpoint ``template`` (Bridge's save folder, its ``iteration`` folder ``iter_NNNNNNN``) at
     ``shape``'s widths into ``out``: its files but the tensors copied, each checkpoint state ``s`` of a weight read
-    as ``read(source, layer, states[s])``; the items written."""
-    (out / iteration).mkdir()
+    as ``read(source, layer, states[s])``, the tensor files that ``journal`` records kept; the items written."""
+    (out / iteration).mkdir(exist_ok=True)
     for file in [*template.glob("latest_*"), *(template / iteration).glob("*")]:  # all but the tensors
         if file.suffix != ".distcp" and file.name != ".metadata":
             shutil.copyfile(file, out / file.relative_to(template))
     template_metadata = FileSystemReader(str(template / iteration)).read_metadata()
     items = scaled_plan(template_metadata, shape, list(states))
     with tqdm(total=len(items), desc="tensors", unit="tensor", disable=not progress) as bar:
-        write_streamed(out / iteration, items, _Producer(read, states, template / iteration, template_metadata, bar))
+        write_streamed(out / iteration, items, _Producer(read, states, template / iteration, template_metadata, bar),
+                       journal)
     _check_written(out / iteration, items)
     return items
+
+
+def fresh_template(state: Path) -> Path:
+    """An empty folder for the template in resume-state folder ``state`` (a killed run's template removed)."""
+    template = state / "template"
+    shutil.rmtree(template, ignore_errors=True)
+    template.mkdir()
+    return template

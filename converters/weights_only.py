@@ -11,7 +11,6 @@ into the parameter casts, and its ``run_config.yaml`` is written again with the 
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 
 import torch
@@ -25,23 +24,26 @@ from megatron.bridge.training.config import ConfigContainer  # noqa: E402
 from megatron.training.config.yaml_utils import safe_yaml_representers  # noqa: E402
 
 from converters.megatron_model import build_model, local_provider  # noqa: E402
-from converters.scaled_template import MODEL, Read, template_shape, write_scaled  # noqa: E402
+from converters.scaled_template import MODEL, Read, fresh_template, template_shape, write_scaled  # noqa: E402
 from lucie_nemo.architecture import LucieShape  # noqa: E402
 from lucie_nemo.phases import Phase  # noqa: E402
+from lucie_nemo.staging import ResumableFolder  # noqa: E402
 
 ITERATION = "iter_0000000"
 WEIGHT = "weight"  # the one source state a weights-only import reads
 
 
-def write_weights_only(out: Path, shape: LucieShape, phase: Phase, read: Read, progress: bool) -> int:
-    """Write the weights-only checkpoint of a model of ``shape`` into empty folder ``out``, each weight read as
-    ``read(source, layer, WEIGHT)`` (call inside lucie_nemo.distributed.single_process_world); its parameter count."""
+def write_weights_only(work: ResumableFolder, shape: LucieShape, phase: Phase, read: Read, progress: bool) -> int:
+    """Write the weights-only checkpoint of a model of ``shape`` into work folder ``work``, each weight read as
+    ``read(source, layer, WEIGHT)``, continuing where a killed run stopped (call inside
+    lucie_nemo.distributed.single_process_world); its parameter count."""
     from megatron.bridge.training.model_load_save import save_megatron_model
 
-    with tempfile.TemporaryDirectory(prefix=".template-", dir=out.parent) as scratch:
-        save_megatron_model([build_model(template_shape(shape), phase, torch.bfloat16)], scratch)
-        items = write_scaled(out, Path(scratch), ITERATION, shape, read, {MODEL: WEIGHT}, progress)
-    _write_run_config(out / ITERATION / "run_config.yaml", shape, phase)
+    template = fresh_template(work.state)
+    save_megatron_model([build_model(template_shape(shape), phase, torch.bfloat16)], template)
+    items = write_scaled(work.path, template, ITERATION, shape, read, {MODEL: WEIGHT}, work.state / "written",
+                         progress)
+    _write_run_config(work.path / ITERATION / "run_config.yaml", shape, phase)
     return sum(math.prod(item.tensor_data.chunk.sizes) for item in items if item.tensor_data is not None)
 
 

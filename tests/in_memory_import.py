@@ -43,8 +43,6 @@ def in_memory_import(shape, phase, read: Callable[[str, int | None], torch.Tenso
 def import_in_memory(kind: str, source: Path, out: Path) -> None:
     """The in-memory import of a Hugging Face folder or a universal checkpoint (of a phase it names alone)."""
     if kind == "hf":
-        import contextlib
-
         from converters.hf_writer import read_json
         from converters.import_hf import _SafetensorsFolder, hf_phase
         from converters.layout import megatron_tensor
@@ -52,8 +50,8 @@ def import_in_memory(kind: str, source: Path, out: Path) -> None:
 
         config = read_json(source / "config.json")
         shape = shape_from_hf_config(config, "config.json")
-        with contextlib.closing(_SafetensorsFolder(source)) as hf:
-            in_memory_import(shape, hf_phase(config, None), lambda name, layer: megatron_tensor(shape, hf, name, layer), out)
+        hf = _SafetensorsFolder(source)
+        in_memory_import(shape, hf_phase(config, None), lambda name, layer: megatron_tensor(shape, hf, name, layer), out)
         return
     from converters.universal.checkpoint import UniversalCheckpoint
 

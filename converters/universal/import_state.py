@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from lucie_nemo import runtime
 
 runtime.prepare()  # before Megatron is imported (import hook, quiet logs, CPU redirects)
 
-from converters.scaled_template import MODEL, split_key, template_shape, write_scaled  # noqa: E402
+from converters.scaled_template import MODEL, fresh_template, split_key, template_shape, write_scaled  # noqa: E402
 from converters.universal.checkpoint import OPTIMIZER_STATE, ZERO, UniversalCheckpoint, load_pickle  # noqa: E402
 from converters.universal.facts import check_run_facts  # noqa: E402
 from lucie_nemo.errors import UserError  # noqa: E402
@@ -150,7 +149,7 @@ def import_universal_state(folder: str | Path, out: str | Path, phase: str | Non
     from megatron.bridge.training.config import runtime_config_update
 
     from lucie_nemo.distributed import single_process_world
-    from lucie_nemo.staging import staged_folder
+    from lucie_nemo.staging import resumable_folder
 
     checkpoint = UniversalCheckpoint(folder)
     resolved = checkpoint.phase(phase, tiny=tiny)
@@ -159,16 +158,18 @@ def import_universal_state(folder: str | Path, out: str | Path, phase: str | Non
     consumed = PhaseSchedule(resolved).consumed_samples(iteration)
     # Megatron and Bridge print their progress (parameter counts, "saving checkpoint ...") on stdout: the command
     # says what it wrote in one line, and a bad input is one error line.
-    with contextlib.redirect_stdout(io.StringIO()), single_process_world(), staged_folder(out) as staging, \
-            tempfile.TemporaryDirectory(prefix=".template-", dir=staging.parent) as scratch:
-        template = Path(scratch)
+    manifest = {"import": "universal state", "source": str(checkpoint.folder.resolve()), "phase": resolved.name,
+                "tiny": tiny}
+    with contextlib.redirect_stdout(io.StringIO()), single_process_world(), resumable_folder(out, manifest) as work:
+        template = fresh_template(work.state)
         template_cfg, learning_rate = _write_template(checkpoint, resolved, tiny, template, step, consumed)
         name = f"iter_{iteration:07d}"
-        items = write_scaled(staging, template, name, checkpoint.shape, checkpoint.megatron, UNIVERSAL_STATE, progress)
-        cfg = _import_config(resolved, checkpoint.shape, tiny, staging)
+        items = write_scaled(work.path, template, name, checkpoint.shape, checkpoint.megatron, UNIVERSAL_STATE,
+                             work.state / "written", progress)
+        cfg = _import_config(resolved, checkpoint.shape, tiny, work.path)
         runtime_config_update(cfg)
         cfg.ddp = template_cfg.ddp  # as the model's build left it (it resets the bucket size)
-        cfg.to_yaml(str(staging / name / "run_config.yaml"))  # as Bridge's save_checkpoint writes it
+        cfg.to_yaml(str(work.path / name / "run_config.yaml"))  # as Bridge's save_checkpoint writes it
     weights = {item.index.fqn: item.tensor_data.size for item in items
                if item.tensor_data is not None and split_key(item.index.fqn)[0] == MODEL}
     count = sum(math.prod(size) for size in weights.values())

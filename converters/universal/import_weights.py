@@ -16,7 +16,7 @@ from converters.weights_only import write_weights_only
 from lucie_nemo.distributed import single_process_world
 from lucie_nemo.model import LucieShape
 from lucie_nemo.phases import Phase
-from lucie_nemo.staging import staged_folder
+from lucie_nemo.staging import resumable_folder
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,13 @@ class UniversalImportResult:
 def import_universal_weights(folder: str | Path, out: str | Path, phase: str | None = None,
                              tiny: bool = False, progress: bool = True) -> UniversalImportResult:
     """Write the weights of universal checkpoint ``folder`` as a weights-only torch_dist checkpoint at ``out``
-    (``tiny``: the checkpoint is of a scaled-down phase of ``lucie train --tiny``)."""
+    (``tiny``: the checkpoint is of a scaled-down phase of ``lucie train --tiny``), continuing a killed run."""
     checkpoint = UniversalCheckpoint(folder)
     resolved = checkpoint.phase(phase, tiny)
     check_run_facts(checkpoint, resolved)
-    with single_process_world(), staged_folder(out) as staging:
-        count = write_weights_only(staging, checkpoint.shape, resolved,
+    manifest = {"import": "universal weights", "source": str(checkpoint.folder.resolve()), "phase": resolved.name,
+                "tiny": tiny}
+    with single_process_world(), resumable_folder(out, manifest) as work:
+        count = write_weights_only(work, checkpoint.shape, resolved,
                                    lambda source, layer, _: checkpoint.megatron(source, layer, "fp32"), progress)
     return UniversalImportResult(Path(out), checkpoint.shape, resolved, checkpoint.info.iteration, count)

@@ -58,7 +58,8 @@ def import_(
     A DeepSpeed universal checkpoint becomes the checkpoint of the phase's run at its iteration N (weights, Adam
     state, step, consumed samples, LR scheduler): import it into <output-root>/<phase>/checkpoints and
     `lucie train PHASE` continues at step N+1. The source may be a Hub id (owner/name) with --revision: it is
-    downloaded into huggingface_hub's cache first.
+    downloaded into huggingface_hub's cache first. Killed or failed, the same command resumes where it stopped
+    (in .CKPT.partial/ and .CKPT.resume/ beside CKPT).
     """
     with user_errors():
         from converters.hub_source import download_revision, is_hub_id

@@ -10,6 +10,8 @@ into the parameter casts, and its ``run_config.yaml`` is written again with the 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from pathlib import Path
 
@@ -40,7 +42,8 @@ def write_weights_only(work: ResumableFolder, shape: LucieShape, phase: Phase, r
     from megatron.bridge.training.model_load_save import save_megatron_model
 
     template = fresh_template(work.state)
-    save_megatron_model([build_model(template_shape(shape), phase, torch.bfloat16)], template)
+    with contextlib.redirect_stdout(io.StringIO()):  # Bridge's "saving checkpoint ...": the command says what it wrote
+        save_megatron_model([build_model(template_shape(shape), phase, torch.bfloat16)], template)
     items = write_scaled(work.path, template, ITERATION, shape, read, {MODEL: WEIGHT}, work.state / "written",
                          progress)
     _write_run_config(work.path / ITERATION / "run_config.yaml", shape, phase)

@@ -55,9 +55,10 @@ class ResumableFolder:
 
 @contextlib.contextmanager
 def resumable_folder(out: str | os.PathLike, manifest: dict) -> Iterator[ResumableFolder]:
-    """Like :func:`staged_folder`, but the work folder has a fixed name and is kept when the block fails or the
-    process is killed: a later call with the same ``manifest`` (what the output is made of) continues in it, one
-    with another is refused. When the block succeeds, the work folder becomes ``out`` and the state is removed."""
+    """Like :func:`staged_folder`, but the work folder has a fixed name and is kept when the process is killed or
+    the block fails (but by a UserError, a bad input: then both folders are removed): a later call with the same
+    ``manifest`` (what the output is made of) continues in it, one with another is refused. When the block
+    succeeds, the work folder becomes ``out`` and the state is removed."""
     out = Path(out)
     work = ResumableFolder(out.parent / f".{out.name}.partial", out.parent / f".{out.name}.resume")
     manifest_path = work.state / "manifest.json"
@@ -76,7 +77,12 @@ def resumable_folder(out: str | os.PathLike, manifest: dict) -> Iterator[Resumab
         raise UserError(f"{work.path} holds an interrupted run with another {', '.join(changed)}: rerun that "
                         f"command to finish it, or delete {work.path} and {work.state} to start over")
     work.path.mkdir(exist_ok=True)
-    yield work
+    try:
+        yield work
+    except UserError:  # bad input: refused as a whole, nothing kept (a kill or a crash keeps the work)
+        shutil.rmtree(work.path, ignore_errors=True)
+        shutil.rmtree(work.state, ignore_errors=True)
+        raise
     if out.is_dir():
         out.rmdir()
     work.path.rename(out)

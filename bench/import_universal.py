@@ -1,5 +1,6 @@
 """Wall time and peak RSS of `lucie import` (full: the run's checkpoint with its optimizer state), `lucie import
---weights-only` and `lucie export` on universal checkpoints of 2 and 4 full-width Lucie-7B layers (hidden 4,096,
+--weights-only` (and, as its baseline, the in-memory import it replaced: tests/in_memory_import.py) and
+`lucie export` on universal checkpoints of 2 and 4 full-width Lucie-7B layers (hidden 4,096,
 FFN 12,288, 32 heads, 8 key-value heads, vocabulary 65,024), or of narrower layers (``--width-divisor``: hidden,
 FFN and heads divided, the vocabulary kept) for a quicker run.
 
@@ -8,10 +9,11 @@ For each depth, a synthetic universal checkpoint in the released format is writt
 15.7 GB), then each command runs in a fresh child process (imports included), its peak RSS taken from the
 kernel (wait4's ru_maxrss); outputs and the checkpoint are deleted before the next depth. The last lines
 give the growth per layer and per added parameter, the extrapolation to Lucie-7B (linear in the parameter
-count), and the ratio of the larger to the smaller depth's figures:
+count), the ratio of the larger to the smaller depth's figures, and the streamed weights-only import's memory as a
+fraction of the in-memory one's:
 
     .venv/bin/python bench/import_universal.py [--workdir DIR] [--layers 2 4] [--width-divisor 1]
-        [--commands import "import --weights-only" export]
+        [--commands import "import --weights-only" "in-memory --weights-only" export]
 
 Disk: the checkpoint of the largest depth plus one output at a time (about 36 GB at 4 layers with the full import,
 whose output holds bf16 weights and 3 fp32 tensors per parameter; about 18.5 GB without it).
@@ -74,14 +76,17 @@ def bench_depth(layers: int, workdir: Path, tokenizer: Path, divisor: int, names
     lucie = [sys.executable, "-m", "lucie_nemo.cli"]
     commands = {
         "import": [*lucie, "import", str(source), str(workdir / "imported"), "--no-progress"],
-        "import --weights-only": [*lucie, "import", str(source), str(workdir / "imported"), "--weights-only"],
+        "import --weights-only": [*lucie, "import", str(source), str(workdir / "imported"), "--weights-only",
+                                  "--no-progress"],
+        "in-memory --weights-only": [sys.executable, str(ROOT / "tests" / "in_memory_import.py"), "universal",
+                                     str(source), str(workdir / "imported")],
         "export": [*lucie, "export", str(source), str(workdir / "exported"), "--tokenizer", str(tokenizer), "--no-progress"],
     }
     results = {}
     try:
         for name in names:
             command = commands[name]
-            results[name] = run_child(command, workdir / f"{layers}L_{name.split()[0]}.log")
+            results[name] = run_child(command, workdir / f"{layers}L_{name.replace(' ', '_')}.log")
             print(f"{layers} layers  {name:22s} {results[name][0]:8.1f} s  {results[name][1]:6.2f} GiB peak RSS, "
                   f"{results[name][1] * GIB / total_parameters(shape):.1f} bytes per parameter", flush=True)
             shutil.rmtree(workdir / "imported", ignore_errors=True)
@@ -97,8 +102,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs=2, default=[2, 4])
     parser.add_argument("--tokenizer", type=Path, default=TOKENIZER)
     parser.add_argument("--width-divisor", type=int, default=1)
-    parser.add_argument("--commands", nargs="+", default=["import", "import --weights-only", "export"],
-                        choices=["import", "import --weights-only", "export"])
+    names = ["import", "import --weights-only", "in-memory --weights-only", "export"]
+    parser.add_argument("--commands", nargs="+", default=names, choices=names)
     options = parser.parse_args()
     options.workdir.mkdir(parents=True, exist_ok=True)
     small, large = options.layers
@@ -113,6 +118,11 @@ def main() -> None:
               f"{per_parameter:.1f} bytes per added parameter; Lucie-7B ({lucie / 1e9:.2f} B parameters, "
               f"extrapolated linearly in parameters): {m_small + per_parameter * (lucie - sizes[small]) / GIB:.1f} GiB; "
               f"ratio {large}/{small} layers: time {t_large / t_small:.2f}, memory {m_large / m_small:.2f}")
+    if {"import --weights-only", "in-memory --weights-only"} <= set(figures[small]):
+        for depth in (small, large):
+            streamed, in_memory = (figures[depth][name][1] for name in ("import --weights-only", "in-memory --weights-only"))
+            print(f"{depth} layers: weights-only import streamed / in memory peak RSS {streamed / in_memory:.2f} "
+                  f"({streamed:.2f} / {in_memory:.2f} GiB)")
 
 if __name__ == "__main__":
     main()

@@ -1,14 +1,15 @@
 """Hugging Face Lucie folder -> torch_dist checkpoint that the phase recipes take as ``pretrained_checkpoint``.
 
-The model is built with local layers on CPU, filled from the safetensors, and saved with Megatron-Bridge's
-own ``save_megatron_model``: ``iter_0000000/`` (torch_dist, run_config.yaml), ``latest_train_state.pt`` and
-``latest_checkpointed_iteration.txt``; the folder's tokenizer goes to ``iter_0000000/tokenizer/``. The local spec saves its norms under the Transformer Engine names
+The checkpoint Megatron-Bridge's own ``save_megatron_model`` writes for the model with local layers in bf16,
+written one tensor at a time from the safetensors (converters/weights_only.py): ``iter_0000000/`` (torch_dist,
+run_config.yaml), ``latest_train_state.pt`` and ``latest_checkpointed_iteration.txt``; the folder's tokenizer goes
+to ``iter_0000000/tokenizer/``. The local spec saves its norms under the Transformer Engine names
 (``linear_qkv.layer_norm_weight``, ``linear_fc1.layer_norm_weight``), so GPU recipes with TE layers load it too.
 """
 
 from __future__ import annotations
 
-import contextlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,8 @@ import torch
 from safetensors import safe_open
 
 from converters.hf_writer import check_folder, read_json, weight_map
-from converters.layout import LAYER_TENSORS, megatron_tensors
-from converters.megatron_reader import CheckpointTensors, LayerTensors, locate, read_shape
-from converters.megatron_model import build_model
-from lucie_nemo.staging import staged_folder
+from converters.layout import megatron_tensor
+from lucie_nemo.staging import resumable_folder
 from lucie_nemo.distributed import single_process_world
 from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import rope_theta_of, shape_from_hf_config
@@ -48,61 +47,33 @@ def hf_phase(config: dict, name: str | None) -> Phase:
 
 
 class _SafetensorsFolder:
-    """Tensors of a Hugging Face folder by name, opened lazily (one shard file handle at a time)."""
+    """Tensors of a Hugging Face folder by name, each read from its shard opened for that read alone (an open shard
+    keeps mapped every page read from it: memory growing with the shard)."""
 
     def __init__(self, folder: Path):
         self.folder, self.weight_map = folder, weight_map(folder)
-        self._stack = contextlib.ExitStack()
-        self._open: dict[str, object] = {}
 
     def __call__(self, name: str) -> torch.Tensor:
-        file = self.weight_map[name]
-        if file not in self._open:
-            self._stack.close()
-            self._open = {file: self._stack.enter_context(safe_open(self.folder / file, framework="pt"))}
-        return self._open[file].get_tensor(name)
-
-    def close(self) -> None:
-        self._stack.close()
+        with safe_open(self.folder / self.weight_map[name], framework="pt") as shard:
+            return shard.get_tensor(name)
 
 
-def import_hf(hf_dir: str | Path, out: str | Path, phase: str | None = None) -> ImportResult:
-    """Write the weights of ``hf_dir`` as a weights-only Megatron-Bridge torch_dist checkpoint at ``out``."""
-    from megatron.bridge.training.model_load_save import save_megatron_model
+def import_hf(hf_dir: str | Path, out: str | Path, phase: str | None = None, progress: bool = True) -> ImportResult:
+    """Write the weights of ``hf_dir`` as a weights-only Megatron-Bridge torch_dist checkpoint at ``out``, continuing
+    a killed run."""
+    from converters.weights_only import ITERATION, write_weights_only
 
     hf_dir, out = Path(hf_dir), Path(out)
     check_folder(hf_dir)
     config = read_json(hf_dir / "config.json")
     shape = shape_from_hf_config(config, str(hf_dir / "config.json"))
     resolved = hf_phase(config, phase)
-    with single_process_world(), staged_folder(out) as staging, contextlib.closing(_SafetensorsFolder(hf_dir)) as source:
-        model = build_model(shape, resolved, torch.bfloat16)
-        parameters = dict(model.named_parameters())
-        for name, tensor in megatron_tensors(shape, source):
-            if parameters[name].shape != tensor.shape:
-                raise UserError(f"{name}: {tuple(tensor.shape)} from {hf_dir}, the model needs {tuple(parameters[name].shape)}")
-            with torch.no_grad():
-                parameters[name].copy_(tensor)
-        save_megatron_model([model], staging)
+    manifest = {"import": "hugging face folder", "source": str(hf_dir.resolve()), "phase": resolved.name}
+    source = _SafetensorsFolder(hf_dir)
+    with single_process_world(), resumable_folder(out, manifest) as work:
+        count = write_weights_only(work, shape, resolved,
+                                   lambda tensor, layer, _: megatron_tensor(shape, source, tensor, layer), progress)
         if (hf_dir / "tokenizer.json").is_file():  # where `lucie export` looks for it (Bridge's own copy re-serializes it)
-            export_tokenizer(hf_dir, staging / "iter_0000000" / "tokenizer")
-        check_written(staging, model, shape)
-        count = sum(p.numel() for p in parameters.values())
+            shutil.rmtree(work.path / ITERATION / "tokenizer", ignore_errors=True)  # a killed run's
+            export_tokenizer(hf_dir, work.path / ITERATION / "tokenizer")
     return ImportResult(out, shape, resolved, count)
-
-
-def check_written(folder: Path, model: torch.nn.Module, shape: LucieShape) -> None:
-    """Read the new checkpoint back (as the exporter does) and compare every tensor with the model, bit for bit."""
-    tensors = CheckpointTensors(locate(folder))
-    layers = LayerTensors(tensors)
-    if read_shape(tensors, layers) != shape:
-        raise UserError(f"the checkpoint written in {folder} reads back as another shape")
-    for name, parameter in model.named_parameters():
-        if name.startswith("decoder.layers."):
-            layer, local = name.removeprefix("decoder.layers.").split(".", 1)
-            logical = next(key for key, names in LAYER_TENSORS.items() if local in names)
-            written = layers.read(logical, int(layer))
-        else:
-            written = tensors.read(name)
-        if not torch.equal(written, parameter.detach()):
-            raise UserError(f"{name} differs after writing the checkpoint in {folder}")

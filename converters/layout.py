@@ -6,7 +6,7 @@ norms to the same names when it saves); the local names are accepted too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -118,21 +118,21 @@ def select(tensor: torch.Tensor, item: HFTensor, shape: LucieShape) -> torch.Ten
     return tensor
 
 
-def megatron_tensors(shape: LucieShape, hf: Callable[[str], torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) of every parameter of the local-spec Megatron model, built from Hugging Face tensors ``hf(name)``."""
+def megatron_tensor(shape: LucieShape, hf: Callable[[str], torch.Tensor], source: str,
+                    layer: int | None = None) -> torch.Tensor:
+    """Megatron tensor ``source`` (EMBEDDING, FINAL_NORM, OUTPUT_LAYER or a LAYER_TENSORS key) of ``layer``, in the
+    local-spec layout, built from Hugging Face tensors ``hf(name)``."""
     import torch
 
-    yield EMBEDDING, hf("model.embed_tokens.weight")
-    for i in range(shape.num_layers):
-        p, m = f"model.layers.{i}.", f"decoder.layers.{i}."
+    whole = {EMBEDDING: "model.embed_tokens.weight", FINAL_NORM: "model.norm.weight", OUTPUT_LAYER: "lm_head.weight"}
+    if source in whole:
+        return hf(whole[source])
+    p = f"model.layers.{layer}."
+    if source == "qkv":
         attn = p + "self_attn."
-        yield m + "input_layernorm.weight", hf(p + "input_layernorm.weight")
-        qkv = merge_qkv(hf(attn + "q_proj.weight"), hf(attn + "k_proj.weight"), hf(attn + "v_proj.weight"), shape)
-        yield m + "self_attention.linear_qkv.weight", qkv
-        yield m + "self_attention.linear_proj.weight", hf(attn + "o_proj.weight")
-        yield m + "pre_mlp_layernorm.weight", hf(p + "post_attention_layernorm.weight")
-        fc1 = torch.cat([hf(p + "mlp.gate_proj.weight"), hf(p + "mlp.up_proj.weight")], dim=0)
-        yield m + "mlp.linear_fc1.weight", fc1
-        yield m + "mlp.linear_fc2.weight", hf(p + "mlp.down_proj.weight")
-    yield FINAL_NORM, hf("model.norm.weight")
-    yield OUTPUT_LAYER, hf("lm_head.weight")
+        return merge_qkv(hf(attn + "q_proj.weight"), hf(attn + "k_proj.weight"), hf(attn + "v_proj.weight"), shape)
+    if source == "fc1":
+        return torch.cat([hf(p + "mlp.gate_proj.weight"), hf(p + "mlp.up_proj.weight")], dim=0)
+    one = {"attn_norm": "input_layernorm.weight", "proj": "self_attn.o_proj.weight",
+           "mlp_norm": "post_attention_layernorm.weight", "fc2": "mlp.down_proj.weight"}
+    return hf(p + one[source])

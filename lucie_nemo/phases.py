@@ -179,3 +179,14 @@ def previous_phases(phase: Phase, phases: dict[str, Phase] = PHASES) -> list[Pha
         current = phases[current.starts_from]
         chain.insert(0, current)
     return chain
+
+
+def trained_phase(phase: str, tiny: bool = False, overrides: dict | None = None) -> Phase:
+    """The facts of ``phase`` as trained: Lucie's, or scaled down by lucie_nemo.demo_scale with ``tiny``, with
+    ``overrides`` (Phase.overridden) applied."""
+    selected = get_phase(phase)
+    if tiny:
+        from lucie_nemo.demo_scale import demo_phase
+
+        selected = demo_phase(selected)
+    return selected.overridden(**(overrides or {}))

@@ -117,7 +117,7 @@ def test_the_recipe_reads_a_blend_in_the_phases_data_order(data, megatron_runtim
     from megatron.bridge.training.config import GPTDatasetConfig
 
     from lucie_nemo.data.order_config import OriginalOrderDatasetConfig
-    from lucie_nemo.train import build_leg_config
+    from lucie_nemo.leg_config import build_leg_config
 
     root, blend = data
     original, _ = build_leg_config("pretrain", tiny=True, data_root=root, blend_file=blend)

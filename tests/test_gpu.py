@@ -65,7 +65,7 @@ def _recipe(precision: str, tmp_path: Path, local_layers: bool = False):
 
     from lucie_nemo.distributed import attach_process_groups
     from lucie_nemo.model import use_local_layers
-    from lucie_nemo.train import build_leg_config
+    from lucie_nemo.leg_config import build_leg_config
 
     cfg, _ = build_leg_config("pretrain", tiny=True, vocab_size=VOCAB, precision=precision, output_root=str(tmp_path))
     if local_layers:

@@ -70,7 +70,7 @@ def _assert_same(hf: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
 
 
 def test_reader_recognises_the_format_and_its_facts(universal):
-    from converters.universal import UniversalCheckpoint, is_universal
+    from converters.universal.checkpoint import UniversalCheckpoint, is_universal
     from lucie_nemo.phases import PRETRAIN
 
     assert is_universal(universal) and not is_universal(universal / "zero")
@@ -185,7 +185,7 @@ def test_bad_universal_checkpoints_are_one_error_line_and_nothing_written(univer
     app = _app()
     commands = [["import", str(folder), str(tmp_path / "run"), "--no-progress"]]
     if case in BAD_INPUTS:
-        commands += [["import", str(folder), str(tmp_path / "ckpt"), "--weights-only"],
+        commands += [["import", str(folder), str(tmp_path / "ckpt"), "--weights-only", "--no-progress"],
                      ["export", str(folder), str(tmp_path / "hf"), "--tokenizer", str(SHARED_TOKENIZER), "--no-progress"]]
     for command in commands:
         result = CliRunner().invoke(app, command)

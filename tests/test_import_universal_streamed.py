@@ -36,8 +36,8 @@ def bridge_reference(universal: Path, out: Path) -> None:
     from megatron.bridge.training.state import GlobalState
     from megatron.core.utils import unwrap_model
 
-    from converters.universal import UniversalCheckpoint
-    from converters.universal_state import _import_config
+    from converters.universal.checkpoint import UniversalCheckpoint
+    from converters.universal.import_state import _import_config
     from lucie_nemo.distributed import single_process_world
 
     checkpoint = UniversalCheckpoint(universal)
@@ -72,7 +72,7 @@ def imported(tmp_path_factory):
     """(universal folder, the streamed import, the reference, what the import read and held)."""
     from typer.testing import CliRunner
 
-    from converters.universal import UniversalCheckpoint
+    from converters.universal.checkpoint import UniversalCheckpoint
     from test_import_universal import _app
 
     root = tmp_path_factory.mktemp("streamed")
@@ -122,7 +122,7 @@ def test_the_streamed_import_is_bridges_checkpoint_bit_for_bit(imported):
 
 
 def test_each_universal_tensor_is_read_once_and_held_alone(imported):
-    from converters.universal import STATES, UniversalCheckpoint
+    from converters.universal.checkpoint import STATES, UniversalCheckpoint
 
     universal, _, _, reads, most_alive = imported
     names = UniversalCheckpoint(universal).names

@@ -126,3 +126,13 @@ def test_cpu_support_does_not_import_the_model():
     assert "lucie_nemo.cpu_support" in imported_modules(ROOT / "lucie_nemo" / "model.py")
     assert not {"lucie_nemo.model", "lucie_nemo.recipe", "lucie_nemo.train"} & imported_modules(
         ROOT / "lucie_nemo" / "cpu_support.py")
+
+
+def test_converters_import_nothing_above_them():
+    """converters/ builds on lucie_nemo's models, phases and recipes, never on the training entry point or the CLI
+    (which import the converters)."""
+    modules = {path.relative_to(ROOT): imported_modules(path) for path in (ROOT / "converters").rglob("*.py")}
+    assert Path("converters/universal/checkpoint.py") in modules and len(modules) > 20
+    upward = {str(path): sorted(name for name in names if name == "lucie_nemo.train" or name.startswith("lucie_nemo.cli"))
+              for path, names in modules.items()}
+    assert {path: names for path, names in upward.items() if names} == {}

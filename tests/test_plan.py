@@ -222,7 +222,7 @@ def test_anneal_has_no_rampup_leg():
 def test_layout_option_resolves_to_legs(megatron_runtime):
     from lucie_nemo.errors import UserError
     from lucie_nemo.plan import layout_legs
-    from lucie_nemo.train import build_leg_config
+    from lucie_nemo.leg_config import build_leg_config
 
     assert [leg.name for leg in layout_legs(PRETRAIN, "fast", 128, 4)] == ["rampup", "main"]
     [original] = layout_legs(PRETRAIN, "original", 128, 4)

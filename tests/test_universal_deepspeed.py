@@ -1,6 +1,6 @@
 """The universal checkpoint DeepSpeed itself wrote (``tests/fixtures/deepspeed_universal``, made by
 ``tests/fixtures/make_deepspeed_universal.py``: engine on the CPU, ZeRO-0 bf16 over two ranks, ds_to_universal):
-read by ``converters/universal.py`` as the fork's converter maps it, and laid out as ``tests/universal_fixture.py``
+read by ``converters/universal/checkpoint.py`` as the fork's converter maps it, and laid out as ``tests/universal_fixture.py``
 writes the format, up to the differences listed in ``test_deepspeed_output_has_the_hand_written_layout``."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ STATES = ("fp32", "exp_avg", "exp_avg_sq")
 def vocabulary_256(monkeypatch):
     """The fixture's vocabulary is 256 (Lucie's 65,024 rows would make it 250 times bigger): the reader's Lucie
     vocabulary check is moved to it, nothing else."""
-    from converters import universal
+    from converters.universal import checkpoint as universal
 
     monkeypatch.setitem(universal._LUCIE_ARGS, "padded_vocab_size", SHAPE.vocab_size)
 
@@ -35,7 +35,7 @@ def _load(path: Path):
 
 
 def test_the_reader_refuses_the_fixture_only_for_its_vocabulary():
-    from converters.universal import UniversalCheckpoint
+    from converters.universal.checkpoint import UniversalCheckpoint
     from lucie_nemo.errors import UserError
 
     with pytest.raises(UserError, match="args.padded_vocab_size is 256, a Lucie model has 65024"):
@@ -43,8 +43,8 @@ def test_the_reader_refuses_the_fixture_only_for_its_vocabulary():
 
 
 def test_the_reader_accepts_deepspeeds_output_with_its_run_facts(vocabulary_256):
-    from converters.universal import UniversalCheckpoint, is_universal
-    from converters.universal_facts import check_run_facts
+    from converters.universal.checkpoint import UniversalCheckpoint, is_universal
+    from converters.universal.facts import check_run_facts
     from lucie_nemo.phases import PRETRAIN
 
     assert is_universal(FIXTURE)
@@ -59,7 +59,7 @@ def test_the_reader_accepts_deepspeeds_output_with_its_run_facts(vocabulary_256)
 @pytest.mark.parametrize("state", STATES)
 def test_the_readers_tensors_are_the_original_converters_mapping(vocabulary_256, state):
     from converters.layout import hf_tensors, select
-    from converters.universal import UniversalCheckpoint
+    from converters.universal.checkpoint import UniversalCheckpoint
 
     checkpoint = UniversalCheckpoint(FIXTURE)
     reference = original_hf_weights(FIXTURE, state, dtype=torch.float32)

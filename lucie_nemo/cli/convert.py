@@ -30,10 +30,10 @@ def export(
 ) -> None:
     """Write a checkpoint as bf16 safetensors shards with config, generation config, tokenizer and model card."""
     with user_errors():
-        from converters.universal import is_universal
+        from converters.universal.checkpoint import is_universal
 
         if is_universal(ckpt):  # a DeepSpeed universal checkpoint (released optimizer states)
-            from converters.export_universal import export_universal as export_checkpoint
+            from converters.universal.export import export_universal as export_checkpoint
         else:
             from converters.export import export_checkpoint
 
@@ -49,7 +49,7 @@ def import_(
     phase: Annotated[str | None, typer.Option(help="Phase whose context/RoPE the saved config names (default: from config.json).")] = None,
     weights_only: Annotated[bool, typer.Option("--weights-only", help="Universal checkpoint: the weights alone.")] = False,
     tiny: Annotated[bool, typer.Option("--tiny", help="Universal checkpoint of the scaled-down phase (lucie train --tiny).")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar (universal checkpoints).")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     revision: Annotated[str | None, typer.Option(help="With a Hub id as source: the branch to download, e.g. step0500000.")] = None,
     endpoint: Annotated[str | None, typer.Option(help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co).")] = None,
 ) -> None:
@@ -58,11 +58,12 @@ def import_(
     A DeepSpeed universal checkpoint becomes the checkpoint of the phase's run at its iteration N (weights, Adam
     state, step, consumed samples, LR scheduler): import it into <output-root>/<phase>/checkpoints and
     `lucie train PHASE` continues at step N+1. The source may be a Hub id (owner/name) with --revision: it is
-    downloaded into huggingface_hub's cache first.
+    downloaded into huggingface_hub's cache first. Killed or failed, the same command resumes where it stopped
+    (in .CKPT.partial/ and .CKPT.resume/ beside CKPT).
     """
     with user_errors():
         from converters.hub_source import download_revision, is_hub_id
-        from converters.universal import is_universal
+        from converters.universal.checkpoint import is_universal
 
         if is_hub_id(hf_dir):
             hf_dir = download_revision(str(hf_dir), revision, endpoint)
@@ -72,20 +73,20 @@ def import_(
             return
         from converters.import_hf import import_hf
 
-        result = import_hf(hf_dir, ckpt, phase)
+        result = import_hf(hf_dir, ckpt, phase, progress)
     print(f"wrote {result.out}: {result.num_parameters:,} parameters, use it as checkpoint.pretrained_checkpoint")
 
 
 def _import_universal(folder: Path, ckpt: Path, phase: str | None, weights_only: bool, tiny: bool,
                       progress: bool) -> None:
     if weights_only:
-        from converters.import_universal import import_universal_weights
+        from converters.universal.import_weights import import_universal_weights
 
-        result = import_universal_weights(folder, ckpt, phase, tiny)
+        result = import_universal_weights(folder, ckpt, phase, tiny, progress)
         print(f"wrote {result.out}: {result.num_parameters:,} parameters (iteration {result.iteration}'s weights), "
               "use it as checkpoint.pretrained_checkpoint")
         return
-    from converters.universal_state import import_universal_state
+    from converters.universal.import_state import import_universal_state
 
     state = import_universal_state(folder, ckpt, phase, tiny, progress)
     print(f"wrote {state.out}: phase {state.phase.name} iteration {state.iteration} ({state.num_parameters:,} parameters, "

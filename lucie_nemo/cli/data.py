@@ -103,7 +103,7 @@ def samples(
     with user_errors():
         from lucie_nemo.data.samples import parse_range, step_samples
         from lucie_nemo.schedule import PhaseSchedule
-        from lucie_nemo.train import trained_phase
+        from lucie_nemo.phases import trained_phase
 
         if (step is None) == (sample_range is None):
             raise UserError("give one of --step N or --range A:B")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from converters.universal import MODEL_STATES, UniversalCheckpoint
+from converters.universal.checkpoint import MODEL_STATES, UniversalCheckpoint
 from lucie_nemo.errors import UserError
 from lucie_nemo.phases import Phase
 from lucie_nemo.schedule import PhaseSchedule

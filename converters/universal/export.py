@@ -14,8 +14,8 @@ from converters.export import ExportResult, write_revision_files
 from converters.hf_writer import DEFAULT_SHARD_SIZE, parse_size, plan_shards, write_shards
 from converters.layout import HFTensor, hf_tensors, select
 from converters.run_progress import RunProgress
-from converters.universal import UniversalCheckpoint
-from converters.universal_facts import check_run_facts
+from converters.universal.checkpoint import UniversalCheckpoint
+from converters.universal.facts import check_run_facts
 from lucie_nemo.architecture import LUCIE_7B
 from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import hf_config

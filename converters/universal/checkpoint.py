@@ -22,7 +22,7 @@ import torch
 from converters.layout import EMBEDDING, FINAL_NORM, LAYER_TENSORS, OUTPUT_LAYER, merge_qkv
 from lucie_nemo.errors import UserError
 from lucie_nemo.architecture import LucieShape
-from lucie_nemo.phases import PHASES, Phase, get_phase
+from lucie_nemo.phases import PHASES, Phase, get_phase, trained_phase
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
 ZERO = "zero"
@@ -248,8 +248,6 @@ class UniversalCheckpoint:
     def phase(self, name: str | None = None, tiny: bool = False) -> Phase:
         """The phase whose context length and RoPE theta the run's args have, checked against ``name`` if given
         (``tiny``: among the scaled-down phases of ``lucie train --tiny``)."""
-        from lucie_nemo.train import trained_phase
-
         key = (self.arg("seq_length"), int(self.arg("rope_theta")))
         phases = [trained_phase(p, tiny) for p in PHASES]
         matches = [p for p in phases if (p.seq_length, p.rotary_base) == key]

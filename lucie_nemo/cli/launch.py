@@ -46,7 +46,7 @@ def training_jobs(site, profile, phase_name: str, *, nodes: int | None, precisio
     from lucie_nemo import runtime
     from lucie_nemo.phases import get_phase
     from lucie_nemo.plan import layout_legs
-    from lucie_nemo.train import build_leg_config
+    from lucie_nemo.leg_config import build_leg_config
     from lucie_nemo.validation import validate_config
 
     phase = get_phase(phase_name)

@@ -63,6 +63,10 @@ def resolve_phase(info: CheckpointInfo, name: str | None) -> Phase:
 def resolve_step(info: CheckpointInfo, step: int | None) -> int:
     """The iteration the checkpoint says, checked against ``step`` if given."""
     if info.iteration is None:
+        if step is None and info.kind == "nemo2":
+            raise UserError(f"{info.path} does not say its step (no global_step in its weights' common state, no "
+                            "step=N in its name): a folder NeMo imported from Hugging Face and never trained is step 0, "
+                            "pass --step 0; a trained one, pass --step N")
         if step is None:
             raise UserError(f"{info.path} does not say its iteration: pass --step")
         return step

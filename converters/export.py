@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+import math
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -16,6 +15,7 @@ from converters.layout import EMBEDDING, FINAL_NORM, OUTPUT_LAYER, HFTensor, hf_
 from converters.checkpoint_source import opened
 from converters.megatron_reader import CheckpointInfo, CheckpointTensors, LayerTensors, read_shape, rope_scaling_of
 from converters.model_card import model_card
+from converters.read_ahead import ReadAhead
 from converters.run_progress import RunProgress, run_progress
 from lucie_nemo.staging import staged_folder
 from lucie_nemo.errors import UserError
@@ -24,6 +24,7 @@ from lucie_nemo.architecture import LucieShape
 from lucie_nemo.phases import PHASES, Phase, get_phase
 from lucie_nemo.tokenizer import BOS_ID, EOS_ID, export_tokenizer, load_tokenizer
 
+READ_AHEAD_BYTES = 2**30  # checkpoint tensors read and not yet written, at most (or one tensor if larger)
 GENERATION_CONFIG = {"_from_model_config": True, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID}
 
 
@@ -97,14 +98,16 @@ class _Producer:
     """Cuts each Hugging Face tensor out of the checkpoint tensor it comes from (q/k/v from one QKV read,
     gate/up from one FC1 read), called in the shards' order.
 
-    One background thread reads the checkpoint tensors in that order, one ahead of the tensor being written,
-    so reading and writing overlap; at most two checkpoint tensors are in memory.
+    A background thread reads the checkpoint tensors in that order up to READ_AHEAD_BYTES ahead of the tensor
+    being written (converters.read_ahead), so reading, re-packing and writing overlap with bounded memory.
     """
 
     def __init__(self, tensors: CheckpointTensors, layers: LayerTensors, shape: LucieShape, order: list[HFTensor]):
         self.tensors, self.layers, self.shape = tensors, layers, shape
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-read")
-        self._sources = self._read_ahead([key for key, _ in groupby(order, key=_source_key)])
+        keys = [key for key, _ in groupby(order, key=_source_key)]
+        sizes = [math.prod(self._shape(key)) * self._dtype(key).itemsize for key in keys]
+        self._reader = ReadAhead(self._read, keys, sizes, READ_AHEAD_BYTES)
+        self._sources = iter(self._reader)
         self._current: tuple[_SourceKey, torch.Tensor] | None = None
 
     def _read(self, key: _SourceKey) -> torch.Tensor:
@@ -113,16 +116,13 @@ class _Producer:
             return self.tensors.read(source)
         return self.layers.read(source, layer)
 
-    def _read_ahead(self, keys: list[_SourceKey]) -> Iterator[tuple[_SourceKey, torch.Tensor]]:
-        """Each key's tensor in turn, the next one's read started before this one is handed over."""
-        pending: tuple[_SourceKey, Future] | None = None
-        for key in keys:
-            following = (key, self._reader.submit(self._read, key))
-            if pending is not None:
-                yield pending[0], pending[1].result()
-            pending = following
-        if pending is not None:
-            yield pending[0], pending[1].result()
+    def _shape(self, key: _SourceKey) -> tuple[int, ...]:
+        source, layer = key
+        return self.tensors.shape(source) if layer is None else self.layers.shape(source)
+
+    def _dtype(self, key: _SourceKey) -> torch.dtype:
+        source, layer = key
+        return self.tensors.dtype(source if layer is None else self.layers.stored_name(source, layer))
 
     def __call__(self, item: HFTensor) -> torch.Tensor:
         if self._current is None or self._current[0] != _source_key(item):
@@ -131,7 +131,7 @@ class _Producer:
         return select(self._current[1], item, self.shape)
 
     def close(self) -> None:
-        self._reader.shutdown(wait=True, cancel_futures=True)
+        self._reader.close()
 
 
 def export_checkpoint(

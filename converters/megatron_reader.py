@@ -258,6 +258,12 @@ class LayerTensors:
             return self.tensors.shape(f"decoder.layers.{self.names[logical]}")[1:]
         return self.tensors.shape(f"decoder.layers.0.{self.names[logical]}")
 
+    def stored_name(self, logical: str, layer: int) -> str:
+        """The checkpoint tensor holding ``logical`` of ``layer``."""
+        if self.stacked:
+            return f"decoder.layers.{self.names[logical]}"
+        return f"decoder.layers.{layer}.{self.names[logical]}"
+
     def read(self, logical: str, layer: int) -> torch.Tensor:
         if self.stacked:
             return self.tensors.read(f"decoder.layers.{self.names[logical]}", layer)

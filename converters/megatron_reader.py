@@ -24,9 +24,12 @@ from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from converters.layout import EMBEDDING, FINAL_NORM, LAYER_TENSORS, OUTPUT_LAYER, megatron_shape
+from lucie_nemo import runtime
 from lucie_nemo.architecture import LUCIE_RULES, LucieShape
 from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import llama3_rope_scaling
+
+runtime.quiet_imports()  # an index may pickle megatron-core classes (NeMo's): unpickling it imports megatron.core
 
 TRACKER = "latest_checkpointed_iteration.txt"
 TRAIN_STATE_TRACKER = "latest_train_state.pt"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -159,14 +161,18 @@ def _export(info: CheckpointInfo, out: Path, phase: str | None, step: int | None
     source = tokenizer_source(info, tokenizer, shape)
     shards = plan_shards(hf_tensors(shape), parse_size(shard_size))
     producer = _Producer(tensors, layers, shape, [item for shard in shards for item in shard])
-    with staged_folder(out) as staging:
+    with (staged_folder(out) as staging,
+          tempfile.TemporaryDirectory(dir=staging.parent, prefix=f".{out.name}.tokenizer-") as side,
+          ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer") as background):
+        # the tokenizer's export (which imports transformers to check its files) overlaps the weights'
+        tokenizer_files = background.submit(export_tokenizer, source, Path(side) / "tokenizer")
         try:
             write_shards(staging, shards, producer, progress)
         finally:
             producer.close()
         config = hf_config(resolved, step, shape=shape, norm_eps=info.model_config.get("layernorm_epsilon", 1e-5),
                            init_std=info.model_config.get("init_method_std", 0.009), rope_scaling=rope_scaling_of(info))
-        write_revision_files(staging, resolved, step, shape, run, config, source)
+        write_revision_files(staging, resolved, step, shape, run, config, tokenizer_files.result())
     return ExportResult(out, resolved, step, resolved.revision(step), shape, sum(map(len, shards)), len(shards))
 
 

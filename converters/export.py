@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+import math
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -16,6 +17,7 @@ from converters.layout import EMBEDDING, FINAL_NORM, OUTPUT_LAYER, HFTensor, hf_
 from converters.checkpoint_source import opened
 from converters.megatron_reader import CheckpointInfo, CheckpointTensors, LayerTensors, read_shape, rope_scaling_of
 from converters.model_card import model_card
+from converters.read_ahead import ReadAhead
 from converters.run_progress import RunProgress, run_progress
 from lucie_nemo.staging import staged_folder
 from lucie_nemo.errors import UserError
@@ -24,6 +26,7 @@ from lucie_nemo.architecture import LucieShape
 from lucie_nemo.phases import PHASES, Phase, get_phase
 from lucie_nemo.tokenizer import BOS_ID, EOS_ID, export_tokenizer, load_tokenizer
 
+READ_AHEAD_BYTES = 2**30  # checkpoint tensors read and not yet written, at most (or one tensor if larger)
 GENERATION_CONFIG = {"_from_model_config": True, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID}
 
 
@@ -63,6 +66,10 @@ def resolve_phase(info: CheckpointInfo, name: str | None) -> Phase:
 def resolve_step(info: CheckpointInfo, step: int | None) -> int:
     """The iteration the checkpoint says, checked against ``step`` if given."""
     if info.iteration is None:
+        if step is None and info.kind == "nemo2":
+            raise UserError(f"{info.path} does not say its step (no global_step in its weights' common state, no "
+                            "step=N in its name): a folder NeMo imported from Hugging Face and never trained is step 0, "
+                            "pass --step 0; a trained one, pass --step N")
         if step is None:
             raise UserError(f"{info.path} does not say its iteration: pass --step")
         return step
@@ -93,14 +100,16 @@ class _Producer:
     """Cuts each Hugging Face tensor out of the checkpoint tensor it comes from (q/k/v from one QKV read,
     gate/up from one FC1 read), called in the shards' order.
 
-    One background thread reads the checkpoint tensors in that order, one ahead of the tensor being written,
-    so reading and writing overlap; at most two checkpoint tensors are in memory.
+    A background thread reads the checkpoint tensors in that order up to READ_AHEAD_BYTES ahead of the tensor
+    being written (converters.read_ahead), so reading, re-packing and writing overlap with bounded memory.
     """
 
     def __init__(self, tensors: CheckpointTensors, layers: LayerTensors, shape: LucieShape, order: list[HFTensor]):
         self.tensors, self.layers, self.shape = tensors, layers, shape
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-read")
-        self._sources = self._read_ahead([key for key, _ in groupby(order, key=_source_key)])
+        keys = [key for key, _ in groupby(order, key=_source_key)]
+        sizes = [math.prod(self._shape(key)) * self._dtype(key).itemsize for key in keys]
+        self._reader = ReadAhead(self._read, keys, sizes, READ_AHEAD_BYTES)
+        self._sources = iter(self._reader)
         self._current: tuple[_SourceKey, torch.Tensor] | None = None
 
     def _read(self, key: _SourceKey) -> torch.Tensor:
@@ -109,16 +118,13 @@ class _Producer:
             return self.tensors.read(source)
         return self.layers.read(source, layer)
 
-    def _read_ahead(self, keys: list[_SourceKey]) -> Iterator[tuple[_SourceKey, torch.Tensor]]:
-        """Each key's tensor in turn, the next one's read started before this one is handed over."""
-        pending: tuple[_SourceKey, Future] | None = None
-        for key in keys:
-            following = (key, self._reader.submit(self._read, key))
-            if pending is not None:
-                yield pending[0], pending[1].result()
-            pending = following
-        if pending is not None:
-            yield pending[0], pending[1].result()
+    def _shape(self, key: _SourceKey) -> tuple[int, ...]:
+        source, layer = key
+        return self.tensors.shape(source) if layer is None else self.layers.shape(source)
+
+    def _dtype(self, key: _SourceKey) -> torch.dtype:
+        source, layer = key
+        return self.tensors.dtype(source if layer is None else self.layers.stored_name(source, layer))
 
     def __call__(self, item: HFTensor) -> torch.Tensor:
         if self._current is None or self._current[0] != _source_key(item):
@@ -127,7 +133,7 @@ class _Producer:
         return select(self._current[1], item, self.shape)
 
     def close(self) -> None:
-        self._reader.shutdown(wait=True, cancel_futures=True)
+        self._reader.close()
 
 
 def export_checkpoint(
@@ -155,14 +161,18 @@ def _export(info: CheckpointInfo, out: Path, phase: str | None, step: int | None
     source = tokenizer_source(info, tokenizer, shape)
     shards = plan_shards(hf_tensors(shape), parse_size(shard_size))
     producer = _Producer(tensors, layers, shape, [item for shard in shards for item in shard])
-    with staged_folder(out) as staging:
+    with (staged_folder(out) as staging,
+          tempfile.TemporaryDirectory(dir=staging.parent, prefix=f".{out.name}.tokenizer-") as side,
+          ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer") as background):
+        # the tokenizer's export (which imports transformers to check its files) overlaps the weights'
+        tokenizer_files = background.submit(export_tokenizer, source, Path(side) / "tokenizer")
         try:
             write_shards(staging, shards, producer, progress)
         finally:
             producer.close()
         config = hf_config(resolved, step, shape=shape, norm_eps=info.model_config.get("layernorm_epsilon", 1e-5),
                            init_std=info.model_config.get("init_method_std", 0.009), rope_scaling=rope_scaling_of(info))
-        write_revision_files(staging, resolved, step, shape, run, config, source)
+        write_revision_files(staging, resolved, step, shape, run, config, tokenizer_files.result())
     return ExportResult(out, resolved, step, resolved.revision(step), shape, sum(map(len, shards)), len(shards))
 
 

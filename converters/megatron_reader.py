@@ -1,5 +1,5 @@
-"""Read Megatron-Bridge / megatron-core ``torch_dist`` checkpoints and NeMo 2 folders without a model
-(``.nemo`` files: ``converters.nemo_file``).
+"""Read Megatron-Bridge / megatron-core ``torch_dist`` checkpoints and NeMo 2 folders without a model, and without
+importing Megatron (``.nemo`` files: ``converters.nemo_file``).
 
 A torch_dist checkpoint stores every tensor by its global shape with per-chunk metadata, so it reads
 the same whatever TP/PP/DP layout wrote it. Tensors are read one region at a time (one layer of a
@@ -9,6 +9,7 @@ stacked ``[layers, ...]`` tensor) straight from the ``.distcp`` files with torch
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,27 +25,16 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 
 from converters.layout import EMBEDDING, FINAL_NORM, LAYER_TENSORS, OUTPUT_LAYER, megatron_shape
 from lucie_nemo import runtime
-from lucie_nemo.architecture import LucieShape
+from lucie_nemo.architecture import LUCIE_RULES, LucieShape
 from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import llama3_rope_scaling
 
-runtime.prepare()  # before lucie_nemo.model imports Megatron-Bridge (import hook, quiet logs, CPU redirects)
-
-from lucie_nemo.model import LucieModelProvider  # noqa: E402
+runtime.quiet_imports()  # an index may pickle megatron-core classes (NeMo's): unpickling it imports megatron.core
 
 TRACKER = "latest_checkpointed_iteration.txt"
 TRAIN_STATE_TRACKER = "latest_train_state.pt"
 _ITER_DIR = re.compile(r"^iter_(\d{7})$")
 _NEMO_STEP = re.compile(r"(?:^|[-_])step=(\d+)")
-
-# Model config fields that make a checkpoint Lucie-shaped, with the values LucieModelProvider declares.
-_LUCIE_RULE_FIELDS = (
-    "normalization", "gated_linear_unit", "add_bias_linear", "add_qkv_bias", "share_embeddings_and_output_weights",
-    "position_embedding_type", "rotary_percent", "qk_layernorm", "num_moe_experts",
-)  # rope_scaling (Llama 3.1's) is not refused: an export keeps it in config.json
-_LUCIE_RULES: dict[str, Any] = {
-    name: LucieModelProvider.__dataclass_fields__[name].default for name in _LUCIE_RULE_FIELDS
-}
 
 
 @dataclass(frozen=True)
@@ -76,6 +66,34 @@ def step_in_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def nemo2_step(path: Path) -> int | None:
+    """The step a NeMo 2 folder says: the trainer's ``global_step`` that NeMo saves with the weights (Lightning's
+    checkpoint entries go to megatron-core's common state: ``weights/common.pt``, or the ``common_state`` object of
+    newer megatron-core), else a ``step=N`` in the folder's name, else None."""
+    weights = path / "weights"
+    if (weights / "common.pt").is_file() or _has_common_state_object(weights):
+        from lucie_nemo import runtime
+
+        runtime.prepare()  # before megatron-core is imported (quiet logs, CPU redirects)
+        from megatron.core.dist_checkpointing.serialization import load_common_state_dict
+
+        try:
+            common = load_common_state_dict(str(weights))
+        except pickle.UnpicklingError as error:
+            raise UserError(f"{weights}'s common state holds objects torch's weights-only loader refuses "
+                            f"({str(error).splitlines()[0]}): pass --step N") from None
+        if isinstance(common, dict) and isinstance(common.get("global_step"), int):
+            return common["global_step"]
+    return step_in_name(path.name)
+
+
+def _has_common_state_object(weights: Path) -> bool:
+    if not (weights / ".metadata").is_file():
+        return False
+    metadata = FileSystemReader(str(weights)).read_metadata()
+    return any(key.split("/")[0] == "common_state" for key in metadata.state_dict_metadata)
+
+
 def _iteration_from_tracker(root: Path) -> tuple[Path, int | None]:
     text = (root / TRACKER).read_text().strip()
     if text == "release":
@@ -103,7 +121,7 @@ def locate(path: str | Path) -> CheckpointInfo:
     if (path / "weights").is_dir() and (path / "context").is_dir():
         model_yaml = path / "context" / "model.yaml"
         config = read_yaml(model_yaml).get("config", {}) if model_yaml.is_file() else {}
-        return CheckpointInfo(path, path / "weights", "nemo2", step_in_name(path.name),
+        return CheckpointInfo(path, path / "weights", "nemo2", nemo2_step(path),
                               config, _tokenizer_in(path / "context" / "nemo_tokenizer"))
     if not (path / TRACKER).is_file() and (path / TRAIN_STATE_TRACKER).is_file():
         iteration = int(torch.load(path / TRAIN_STATE_TRACKER, map_location="cpu", weights_only=True)["step"])
@@ -243,6 +261,12 @@ class LayerTensors:
             return self.tensors.shape(f"decoder.layers.{self.names[logical]}")[1:]
         return self.tensors.shape(f"decoder.layers.0.{self.names[logical]}")
 
+    def stored_name(self, logical: str, layer: int) -> str:
+        """The checkpoint tensor holding ``logical`` of ``layer``."""
+        if self.stacked:
+            return f"decoder.layers.{self.names[logical]}"
+        return f"decoder.layers.{layer}.{self.names[logical]}"
+
     def read(self, logical: str, layer: int) -> torch.Tensor:
         if self.stacked:
             return self.tensors.read(f"decoder.layers.{self.names[logical]}", layer)
@@ -259,7 +283,7 @@ class LayerTensors:
 def check_lucie_config(info: CheckpointInfo) -> None:
     """Refuse a checkpoint whose model config says it is not Lucie-shaped."""
     config = info.model_config
-    for field, required in _LUCIE_RULES.items():
+    for field, required in LUCIE_RULES.items():  # rope_scaling (Llama 3.1's) is not refused: an export keeps it
         if field in config and config[field] != required:
             raise UserError(
                 f"checkpoint {info.path} has {field}={config[field]!r}, a Lucie model has {required!r}: "

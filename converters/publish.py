@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters.hf_writer import check_folder, read_json
+from converters.model_card import CardFacts, read_card
 from lucie_nemo.errors import UserError
 from lucie_nemo.hf_config import rope_theta_of
 from lucie_nemo.phases import PHASES, Phase
@@ -73,13 +74,12 @@ def folder_revisions(config: dict) -> list[str]:
     return names
 
 
-def _describe(config: dict) -> str:
-    return (f"training_steps={config.get('training_steps')}, rope_theta={rope_theta_of(config)}, "
-            f"max_position_embeddings={config.get('max_position_embeddings')}")
-
-
-def folder_revision(config: dict) -> str:
-    """The revision name of an exported folder, from its config.json."""
+def folder_revision(config: dict, card: CardFacts | None = None) -> str:
+    """The revision name of an exported folder: the one its model card records when it fits config.json (the only
+    source for a run other than Lucie-7B's, whose steps are its own), else the one config.json implies."""
+    if card is not None and card.revision is not None:
+        check_card_revision(card, config)
+        return card.revision
     names = folder_revisions(config)
     if len(names) == 1:
         return names[0]
@@ -88,13 +88,44 @@ def folder_revision(config: dict) -> str:
     raise UserError(f"config.json ({_describe(config)}) is no step of a Lucie phase: pass --revision NAME or main")
 
 
-def check_revision(revision: str, config: dict) -> None:
-    """Accept ``main`` or the Lucie revision name of the folder that ``config`` describes."""
+def check_card_revision(card: CardFacts, config: dict) -> None:
+    """Refuse a card whose recorded revision disagrees with config.json: for the Lucie-7B run, config.json's
+    cumulative step must name it; for another run, its phase must have config.json's RoPE theta and context, and
+    the card's step count must be config.json's."""
+    parsed = parse_revision(card.revision)
+    if parsed is None:
+        raise UserError(f"the model card records revision {card.revision!r}, not a Lucie revision name: "
+                        "re-export the folder with `lucie export`")
+    if card.lucie_run:
+        if card.revision not in folder_revisions(config):
+            raise UserError(f"the model card records revision {card.revision}, config.json ({_describe(config)}) "
+                            f"does not: re-export the folder with `lucie export`")
+        return
+    phase = parsed[0]
+    context = (config.get("max_position_embeddings"), rope_theta_of(config))
+    if context != (phase.seq_length, float(phase.rotary_base)) or card.num_steps != config.get("training_steps"):
+        raise UserError(f"the model card records revision {card.revision} ({card.num_steps} steps), config.json "
+                        f"does not fit it ({_describe(config)}): re-export the folder with `lucie export`")
+
+
+def _describe(config: dict) -> str:
+    return (f"training_steps={config.get('training_steps')}, rope_theta={rope_theta_of(config)}, "
+            f"max_position_embeddings={config.get('max_position_embeddings')}")
+
+
+def check_revision(revision: str, config: dict, card: CardFacts | None = None) -> None:
+    """Accept ``main`` or the folder's own revision name (``folder_revision``)."""
     if revision == MAIN:
         return
     if parse_revision(revision) is None:
         examples = ", ".join(p.revision(p.save_interval) for p in PHASES.values())
         raise UserError(f"revision {revision!r} is not a Lucie revision name (e.g. {examples}) nor {MAIN!r}")
+    if card is not None and card.revision is not None:
+        check_card_revision(card, config)
+        if revision != card.revision:
+            raise UserError(f"revision {revision} is not the folder's own, {card.revision} (its model card; "
+                            f"config.json: {_describe(config)}): leave --revision out, or pass {MAIN!r}")
+        return
     if revision not in folder_revisions(config):
         raise UserError(f"revision {revision} does not match the folder's config.json ({_describe(config)}): "
                         f"publish it under its own revision (leave --revision out) or {MAIN!r}")
@@ -129,8 +160,9 @@ def plan(folder: str | Path, repo_id: str, revision: str | None = None, endpoint
     if not (folder / "README.md").is_file():
         raise UserError(f"{folder} has no README.md model card: export it with `lucie export`")
     config = read_json(folder / "config.json")
-    revision = folder_revision(config) if revision is None else revision
-    check_revision(revision, config)
+    card = read_card(folder / "README.md")
+    revision = folder_revision(config, card) if revision is None else revision
+    check_revision(revision, config, card)
     endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
     return PublishPlan(folder, repo_id, revision, endpoint, private, folder_files(folder))
 

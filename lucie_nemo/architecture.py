@@ -39,3 +39,17 @@ TINY = LucieShape(
     num_query_groups=2,
     vocab_size=8_192,
 )
+
+# The rules every Lucie-shaped model follows, as megatron-core config fields: LucieModelProvider's values (a test
+# checks that they agree), here so that checkpoint readers can check a saved config without importing Megatron.
+LUCIE_RULES: dict[str, object] = {
+    "normalization": "RMSNorm",
+    "gated_linear_unit": True,
+    "add_bias_linear": False,
+    "add_qkv_bias": False,
+    "share_embeddings_and_output_weights": False,
+    "position_embedding_type": "rope",
+    "rotary_percent": 1.0,
+    "qk_layernorm": False,
+    "num_moe_experts": None,
+}

@@ -15,11 +15,12 @@ __all__ = ["LUCIE_7B", "TINY", "LucieModelProvider", "LucieShape", "lucie_7b", "
 import torch
 import torch.nn.functional as F
 
-from lucie_nemo import cpu_support
+from lucie_nemo import cpu_support, runtime
 from lucie_nemo.architecture import LUCIE_7B, TINY, LucieShape
 from lucie_nemo.phases import PRETRAIN, Phase
 
 cpu_support.install_import_hook()  # `import megatron.bridge` needs it where Transformer Engine is absent
+runtime.quiet_imports()  # its import logs tracebacks and warnings about what is absent
 
 from megatron.bridge.models.gpt_provider import GPTModelProvider, local_layer_spec  # noqa: E402
 

@@ -9,7 +9,6 @@ import warnings
 from lucie_nemo import cpu_support, torch_adam
 
 _NOISY_LOGGERS = (
-    "megatron.bridge.utils.import_utils",
     "megatron.bridge.utils.fusions",
     "megatron.bridge.models.gemma.gemma2_provider",
     "megatron.core.utils",
@@ -19,8 +18,17 @@ _NOISY_LOGGERS = (
 )
 
 
+# Megatron-Bridge's safe_import_from logs this one with its traceback at INFO wherever Transformer Engine is absent.
+FP8_STATE_MANAGER_IMPORT = "Import of FP8GlobalStateManager from megatron.core.extensions.transformer_engine failed"
+_IMPORT_UTILS_LOGGER = "megatron.bridge.utils.import_utils"
+
+
 def _errors_only(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR
+
+
+def _not_the_fp8_state_manager_import(record: logging.LogRecord) -> bool:
+    return not (record.levelno < logging.ERROR and record.getMessage().startswith(FP8_STATE_MANAGER_IMPORT))
 
 
 def quiet_imports() -> None:
@@ -30,6 +38,9 @@ def quiet_imports() -> None:
         logger = logging.getLogger(name)
         if _errors_only not in logger.filters:  # a filter, not a level: some modules reset their level on import
             logger.addFilter(_errors_only)
+    import_utils = logging.getLogger(_IMPORT_UTILS_LOGGER)
+    if _not_the_fp8_state_manager_import not in import_utils.filters:
+        import_utils.addFilter(_not_the_fp8_state_manager_import)
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|transformer-engine|Apex|APEX|experimental).*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     # megatron-core 0.19 warns about its own default (cuda_graph_modules="full") in every config it finalizes

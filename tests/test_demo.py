@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import ast
+import hashlib
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
+
+from fake_hub import FakeHub
 
 
 def _demo(workdir) -> subprocess.CompletedProcess:
@@ -41,5 +46,23 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     words = {word for text in map(ast.literal_eval, continuations) for word in re.findall(r"[^\W\d_]{2,}", text)}
     assert len(words) >= 3, continuations  # words, not only newlines or one repeated token
 
+    _publishes_under_its_own_revision(tmp_path / "hub" / "annealing_step0000006", tmp_path / "hf_home")
+
     second = _demo(tmp_path)
     assert [row[5] for row in _rows(second.stdout).values()] == ["reused"] * 3
+
+
+def _publishes_under_its_own_revision(export: Path, hf_home: Path) -> None:
+    """`lucie publish EXPORT --repo ...` (no --revision) to tests/fake_hub.py: the branch is the demo run's own
+    revision and holds the folder byte for byte (the run's 72 steps are no step of Lucie-7B's schedule)."""
+    def sha256s(files: dict[str, bytes]) -> dict[str, str]:
+        return {path: hashlib.sha256(content).hexdigest() for path, content in files.items() if path != ".gitattributes"}
+
+    with FakeHub() as hub:
+        env = {**os.environ, "HF_TOKEN": hub.token, "HF_HOME": str(hf_home), "HF_HUB_DISABLE_XET": "1"}
+        command = [sys.executable, "-m", "lucie_nemo.cli", "publish", str(export), "--repo", "lucie-tests/demo", "--endpoint", hub.url]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "branch annealing_step0000006" in result.stdout
+        folder = {p.relative_to(export).as_posix(): p.read_bytes() for p in export.rglob("*") if p.is_file()}
+        assert sha256s(hub.files("lucie-tests/demo", "annealing_step0000006")) == sha256s(folder)

@@ -282,6 +282,50 @@ def test_nemo2_folder_exports_like_the_training_checkpoint(converter_runs, expor
         assert (tmp_path / "out" / shard.name).read_bytes() == shard.read_bytes()
 
 
+def test_nemo2_step_is_read_from_the_trainer_state_nemo_saves(converter_runs, tmp_path):
+    """NeMo 2 saves Lightning's checkpoint entries (``global_step``, ...) as megatron-core's common state: in
+    ``weights/common.pt`` (megatron-core up to 0.13), or as its ``common_state`` object in the .distcp files."""
+    import io
+
+    from converters.export import export_checkpoint
+    from lucie_nemo.errors import UserError
+
+    folder = synthetic_nemo2(converter_runs, tmp_path).rename(tmp_path / "lucie--val_loss=11.2-last")  # no step=N
+    trainer_state = {"epoch": 0, "global_step": 2, "pytorch-lightning_version": "2.5.1", "loops": {}}
+    torch.save(trainer_state, folder / "weights" / "common.pt")
+    assert export_checkpoint(folder, tmp_path / "a", phase="pretrain", progress=False).step == 2
+    (folder / "weights" / "common.pt").unlink()
+    with pytest.raises(UserError, match=r"imported from Hugging Face and never trained is step 0, pass --step 0"):
+        export_checkpoint(folder, tmp_path / "b", phase="pretrain")
+    assert export_checkpoint(folder, tmp_path / "c", phase="pretrain", step=2, progress=False).step == 2
+    shutil.rmtree(folder / "weights")
+    tensors = read_global(converter_runs["trained"] / "iter_0000002", MODEL_KEYS)
+    common = io.BytesIO()
+    torch.save([{**trainer_state, "global_step": 0}], common)  # a ShardedObject as megatron-core stores one
+    dcp.save({**{f"module.{k}": v for k, v in tensors.items()}, "common_state/shard_0_1": common},
+             checkpoint_id=str(folder / "weights"))
+    (folder / "weights" / "metadata.json").write_text('{"sharded_backend": "torch_dist", "sharded_backend_version": 1}')
+    assert export_checkpoint(folder, tmp_path / "d", phase="pretrain", progress=False).step == 0
+
+
+def test_the_readers_lucie_rules_are_the_providers():
+    from lucie_nemo.architecture import LUCIE_RULES
+    from lucie_nemo.model import LucieModelProvider
+
+    assert LUCIE_RULES == {name: LucieModelProvider.__dataclass_fields__[name].default for name in LUCIE_RULES}
+
+
+def test_the_exporter_does_not_import_megatron():
+    """The export reads torch_dist files with torch alone: Megatron-Bridge's import took a third of its time."""
+    import subprocess
+    import sys
+
+    probe = "import sys, converters.export; print(sorted({m.split('.')[0] for m in sys.modules} & {'megatron', 'transformers'}))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 def per_layer_checkpoint(stacked_iteration: Path, ckpt: Path) -> Path:
     """``stacked_iteration``'s model tensors saved one tensor per layer under the local spec's norm names."""
     stacked = read_global(stacked_iteration, MODEL_KEYS)

@@ -87,12 +87,42 @@ def first(upload, exported) -> Upload:
 
 @pytest.fixture(scope="module")
 def step4(exported, tmp_path_factory) -> Path:
-    """A copy of the export whose config.json says cumulative step 4 (revision step0000004)."""
+    """A copy of the export whose config.json and model card say step 4 (revision step0000004)."""
     folder = tmp_path_factory.mktemp("step4") / "step4"
     shutil.copytree(exported, folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "training_steps": 4}, indent=2))
+    card = (folder / "README.md").read_text()
+    assert "revision: step0000002\n" in card and "  num_steps: 2\n" in card
+    card = card.replace("revision: step0000002\n", "revision: step0000004\n").replace("  num_steps: 2\n", "  num_steps: 4\n")
+    (folder / "README.md").write_text(card)
     return folder
+
+
+def relabelled(exported: Path, folder: Path, phase, step: int, steps: int, lucie_run: bool) -> Path:
+    """A copy of the export whose config.json and model card are those `lucie export` writes for ``phase`` at
+    ``step`` of a run at cumulative step ``steps`` (a Lucie-7B run's card when ``lucie_run``)."""
+    from converters.model_card import model_card
+    from converters.run_progress import RunProgress
+    from converters_fixtures import tiny_shape
+    from lucie_nemo.hf_config import hf_config
+
+    shutil.copytree(exported, folder)
+    tokens = steps * 8 * phase.seq_length
+    config = {**hf_config(phase, step, shape=tiny_shape()), "training_steps": steps, "training_tokens": tokens}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    progress = RunProgress(steps, tokens, lucie_run, "the checkpoint's train state and the phases before it")
+    (folder / "README.md").write_text(model_card(phase, step, tiny_shape(), progress))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demo_annealing(exported, tmp_path_factory) -> Path:
+    """The export relabelled as the demo's annealing step 10 (363 steps since the start of its phase 1: no step of
+    Lucie-7B's schedule): config.json and card as `lucie export` writes them for that scaled-down run."""
+    from lucie_nemo.phases import ANNEAL
+
+    return relabelled(exported, tmp_path_factory.mktemp("demo") / "annealing_step0000010", ANNEAL, 10, 363, False)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +201,7 @@ def test_revision_must_be_main_or_the_folders_own(exported, empty_hub):
     result = run("checkpoint-2")
     assert result.exit_code == 2 and "not a Lucie revision name" in result.output
     result = run("extension_step0000250")
-    assert result.exit_code == 2 and "training_steps=2" in result.output
+    assert result.exit_code == 2 and "not the folder's own, step0000002" in result.output and "training_steps=2" in result.output
     assert empty_hub.requests == []
 
 
@@ -229,3 +259,46 @@ def test_a_new_branch_keeps_mains_extra_files_and_hidden_files_stay_home(exporte
         assert result.returncode == 0, result.stdout + result.stderr
         assert hub.files(REPO_ID, "main") == {".gitattributes": GITATTRIBUTES, "LICENSE": b"Apache-2.0\n"}
         assert branch_digests(hub, "step0000002") == {**digests(exported), "LICENSE": sha256(b"Apache-2.0\n")}
+
+
+def test_a_scaled_run_publishes_under_its_own_revision(demo_annealing, upload, hub):
+    card = (demo_annealing / "README.md").read_text()
+    assert "Not Lucie-7B" in card and "revision: annealing_step0000010\n" in card
+    run = upload(demo_annealing, "--repo", REPO_ID)
+    assert "branch annealing_step0000010" in run.result.stdout and "committed: " in run.result.stdout
+    assert branch_digests(hub, "annealing_step0000010") == digests(demo_annealing)
+
+
+def test_a_scaled_run_takes_its_own_revision_or_main_only(demo_annealing, empty_hub):
+    def run(*revision: str):
+        return publish_here(demo_annealing, "--repo", REPO_ID, "--endpoint", empty_hub.url, "--dry-run", *revision)
+
+    for accepted in ((), ("--revision", "annealing_step0000010"), ("--revision", "main")):
+        result = run(*accepted)
+        assert result.exit_code == 0 and f"branch {accepted[-1] if accepted else 'annealing_step0000010'}" in result.output
+    for other in ("annealing_step0000363", "extension_step0000010"):
+        result = run("--revision", other)
+        assert result.exit_code == 2 and f"revision {other} is not the folder's own, annealing_step0000010" in result.output
+    assert empty_hub.requests == []
+
+
+def test_a_card_whose_revision_config_json_contradicts_is_refused(demo_annealing, exported, tmp_path):
+    from lucie_nemo.phases import ANNEAL, EXTENSION, PRETRAIN
+
+    lucie_card = relabelled(exported, tmp_path / "lucie", PRETRAIN, 2, 2, True)  # a Lucie-7B card: strict as before
+    result = publish_here(lucie_card, "--repo", REPO_ID, "--dry-run")
+    assert result.exit_code == 0 and "branch step0000002" in result.output
+    config = json.loads((lucie_card / "config.json").read_text())
+    (lucie_card / "config.json").write_text(json.dumps({**config, "training_steps": 3}))
+    result = publish_here(lucie_card, "--repo", REPO_ID, "--dry-run")
+    assert result.exit_code == 2 and "records revision step0000002, config.json (training_steps=3" in result.output
+    moved = relabelled(exported, tmp_path / "moved", ANNEAL, 10, 363, False)  # the card's steps are not config's
+    config = json.loads((moved / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**config, "training_steps": 364}))
+    result = publish_here(moved, "--repo", REPO_ID, "--dry-run")
+    assert result.exit_code == 2 and "records revision annealing_step0000010 (363 steps), config.json does not fit" in result.output
+    other_rope = relabelled(exported, tmp_path / "rope", EXTENSION, 10, 363, False)  # config.json: phase 1's RoPE
+    config = json.loads((other_rope / "config.json").read_text())
+    (other_rope / "config.json").write_text(json.dumps({**config, "rope_theta": 500_000.0}))
+    result = publish_here(other_rope, "--repo", REPO_ID, "--dry-run")
+    assert result.exit_code == 2 and "records revision extension_step0000010 (363 steps), config.json does not fit" in result.output

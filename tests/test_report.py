@@ -228,3 +228,17 @@ def test_no_tensorboard_data_and_corrupt_event_files_give_one_error_line(run_roo
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"error: corrupt TensorBoard event file {event_file}")
     assert not (root / "report").exists()  # nothing half-written
+
+
+def test_the_title_names_the_run_not_a_path(run_root, tmp_path, monkeypatch):
+    import lucie_nemo.report.figure as figure
+    from lucie_nemo.report import run_name
+
+    titles, draw = [], figure.report_figure
+    monkeypatch.setattr(figure, "report_figure", lambda *args, title="", **kwargs: titles.append(title) or draw(*args, title=title, **kwargs))
+    write_report(_copy(run_root, tmp_path / "demo15" / "runs"))
+    assert titles == ["lucie report: demo15"]
+    assert run_name(Path("/tmp/demo15/runs")) == "demo15"  # the demo's WORKDIR/runs
+    assert run_name(Path("/lustre/lucie/pretrain-a")) == "pretrain-a"
+    monkeypatch.chdir(tmp_path)
+    assert run_name(Path("runs")) == tmp_path.name  # lucie train's default output root, relative

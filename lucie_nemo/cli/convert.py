@@ -118,7 +118,8 @@ def publish(
     hf_dir: Annotated[Path, typer.Argument(help="Exported Hugging Face folder.")],
     repo: Annotated[str, typer.Option("--repo", help="Hub model repository, e.g. OpenLLM-France/Lucie-7B.")],
     revision: Annotated[str | None, typer.Option(
-        "--revision", help="Branch: the folder's own revision (default, from config.json), or main.")] = None,
+        "--revision", help="Branch: the folder's own revision (default: the one its model card records, else "
+        "config.json's), or main.")] = None,
     endpoint: Annotated[str | None, typer.Option(
         "--endpoint", help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co).")] = None,
     private: Annotated[bool, typer.Option(

@@ -89,6 +89,13 @@ def summary_markdown(report: RunReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_name(run_root: Path) -> str:
+    """A run's name: its folder's, or the folder above when it is the conventional ``runs`` (``lucie train``'s
+    default output root, the demo's WORKDIR/runs)."""
+    folder = run_root.resolve()
+    return folder.parent.name if folder.name == "runs" and folder.parent.name else folder.name
+
+
 def write_report(run_root: Path, output: Path | None = None, original: str | None = None) -> RunReport:
     """Read the run, draw and summarise it into ``output`` (default ``run_root/report``), all files or none."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -100,7 +107,7 @@ def write_report(run_root: Path, output: Path | None = None, original: str | Non
     phases = run_status(run_root)
     original_logs = load_original(original) if original else None
     report = RunReport(run_root, output, phases, original_logs)
-    figure = report_figure(phases, original_logs, title=f"lucie report: {run_root}")
+    figure = report_figure(phases, original_logs, title=f"lucie report: {run_name(run_root)}")
     with staged_folder(output, replace_files=True) as staging:
         FigureCanvasAgg(figure).print_png(staging / FIGURE)
         (staging / SUMMARY).write_text(summary_markdown(report))

@@ -3,7 +3,6 @@ writes when it holds the whole model and distributed optimizer (the reference be
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from lucie_nemo.demo_scale import demo_phase
 from lucie_nemo.phases import PRETRAIN
 from lucie_nemo.schedule import PhaseSchedule
 from test_export import read_everything
-from universal_fixture import write_universal
+from universal_fixture import watched_universal_reads, write_universal
 
 ITERATION = 3  # of the scaled-down phase 1 (lucie train --tiny)
 SHAPE = LucieShape(**{**asdict(TINY), "vocab_size": 65_024})
@@ -72,28 +71,15 @@ def imported(tmp_path_factory):
     """(universal folder, the streamed import, the reference, what the import read and held)."""
     from typer.testing import CliRunner
 
-    from converters.universal.checkpoint import UniversalCheckpoint
     from test_import_universal import _app
 
     root = tmp_path_factory.mktemp("streamed")
     universal = write_universal(root / "global_step3", SHAPE, ITERATION, phase=PHASE)
-    reads, alive, most_alive = [], set(), [0]
-    original_read = UniversalCheckpoint.read
-
-    def watched_read(self, name, state="fp32"):
-        tensor = original_read(self, name, state)
-        reads.append((name, state))
-        alive.add(id(tensor))
-        most_alive[0] = max(most_alive[0], len(alive))
-        weakref.finalize(tensor, alive.discard, id(tensor))
-        return tensor
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(UniversalCheckpoint, "read", watched_read)
+    with watched_universal_reads() as watched:
         result = CliRunner().invoke(_app(), ["import", str(universal), str(root / "imported"), "--tiny", "--no-progress"])
     assert result.exit_code == 0, result.output
     bridge_reference(universal, root / "reference")
-    return universal, root / "imported", root / "reference", reads, most_alive[0]
+    return universal, root / "imported", root / "reference", watched.reads, watched.most_alive
 
 
 def test_the_streamed_import_is_bridges_checkpoint_bit_for_bit(imported):

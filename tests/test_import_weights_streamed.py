@@ -4,7 +4,6 @@ import they replaced, tests/in_memory_import.py)."""
 
 from __future__ import annotations
 
-import weakref
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import yaml
 from converters_fixtures import write_random_hf
 from in_memory_import import import_in_memory
 from test_export import read_everything
-from universal_fixture import tiny_universal
+from universal_fixture import tiny_universal, watched_universal_reads
 
 ITERATION = "iter_0000000"
 
@@ -70,19 +69,7 @@ def test_the_streamed_import_is_bridges_checkpoint_bit_for_bit(kind, sources, tm
 def test_each_universal_weight_is_read_once_and_held_alone(sources, tmp_path):
     from converters.universal.checkpoint import UniversalCheckpoint
 
-    reads, alive, most_alive = [], set(), [0]
-    original_read = UniversalCheckpoint.read
-
-    def watched_read(self, name, state="fp32"):
-        tensor = original_read(self, name, state)
-        reads.append((name, state))
-        alive.add(id(tensor))
-        most_alive[0] = max(most_alive[0], len(alive))
-        weakref.finalize(tensor, alive.discard, id(tensor))
-        return tensor
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(UniversalCheckpoint, "read", watched_read)
+    with watched_universal_reads() as watched:
         _import(sources["universal"], tmp_path / "streamed", "--weights-only")
-    assert sorted(reads) == sorted((name, "fp32") for name in UniversalCheckpoint(sources["universal"]).names)
-    assert most_alive[0] <= 2  # a layer's query and key_value, re-packed into its QKV
+    assert sorted(watched.reads) == sorted((name, "fp32") for name in UniversalCheckpoint(sources["universal"]).names)
+    assert watched.most_alive <= 2  # a layer's query and key_value, re-packed into its QKV

@@ -16,7 +16,11 @@ layers. Run as a script: ``python tests/universal_fixture.py OUT [--layers N] [-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +163,39 @@ def full_width(layers: int) -> LucieShape:
     """Lucie-7B's widths with ``layers`` layers (the bench's model)."""
     return LucieShape(layers, LUCIE_7B.hidden_size, LUCIE_7B.ffn_hidden_size, LUCIE_7B.num_attention_heads,
                       LUCIE_7B.num_query_groups, LUCIE_7B.vocab_size)
+
+
+@dataclass
+class WatchedReads:
+    """What ``UniversalCheckpoint.read`` returned while watched: each (name, state) read, and the most of its
+    tensors alive at once."""
+
+    reads: list[tuple[str, str]] = field(default_factory=list)
+    most_alive: int = 0
+    _alive: set[int] = field(default_factory=set)
+
+
+@contextlib.contextmanager
+def watched_universal_reads() -> Iterator[WatchedReads]:
+    """Record every universal tensor read, and how many of the read tensors are alive at once."""
+    import pytest
+
+    from converters.universal.checkpoint import UniversalCheckpoint
+
+    watched = WatchedReads()
+    original_read = UniversalCheckpoint.read
+
+    def watched_read(self, name, state="fp32"):
+        tensor = original_read(self, name, state)
+        watched.reads.append((name, state))
+        watched._alive.add(id(tensor))
+        watched.most_alive = max(watched.most_alive, len(watched._alive))
+        weakref.finalize(tensor, watched._alive.discard, id(tensor))
+        return tensor
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(UniversalCheckpoint, "read", watched_read)
+        yield watched
 
 
 if __name__ == "__main__":

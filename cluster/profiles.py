@@ -52,6 +52,7 @@ class Profile:
     settings: frozenset[str]
     slurm: bool
     needs_account: bool = False
+    needs_venv: bool = False  # the nodes run lucie from the site's virtualenv (no container)
 
     def check(self, site: Site) -> None:
         """Values a submission cannot do without, each error naming the setting."""
@@ -64,7 +65,7 @@ class Profile:
                 f"cluster {site.name!r}: output_root must be an absolute path on the cluster's shared file system "
                 f"(got {site.output_root!r}): set it in the site config or with --output-root"
             )
-        if self.name in ("jeanzay", "generic") and not site.venv:
+        if self.needs_venv and not site.venv:
             raise UserError(
                 f"cluster {site.name!r}: set venv, the virtualenv with lucie-nemo installed on the cluster "
                 "(its bin/lucie and bin/torchrun run on the nodes)"
@@ -88,6 +89,7 @@ PROFILES: dict[str, Profile] = {
             settings=_SLURM | {"modules"},
             slurm=True,
             needs_account=True,
+            needs_venv=True,
         ),
         Profile(
             name="pyxis",
@@ -105,6 +107,7 @@ PROFILES: dict[str, Profile] = {
             defaults=dict(gpus_per_node=8, walltime="04:00:00"),
             settings=_SLURM | {"modules"},
             slurm=True,
+            needs_venv=True,
         ),
         Profile(
             name="local",
@@ -171,10 +174,6 @@ def _slurm_executor(site: Site, nodes: int, cpu_only: bool = False, **container:
     )
 
 
-def _plain(site: Site, nodes: int, cpu_only: bool = False) -> run.SlurmExecutor:
-    return _slurm_executor(site, nodes, cpu_only)
-
-
 def _pyxis(site: Site, nodes: int, cpu_only: bool = False) -> run.SlurmExecutor:
     # The runs, the data and the virtualenv are seen inside the container at the same paths.
     mounts = list(site.container_mounts)
@@ -193,8 +192,8 @@ def _local(site: Site, nodes: int, cpu_only: bool = False) -> run.LocalExecutor:
     )
 
 
-EXECUTORS: dict[str, Callable[..., run.Executor]] = {"jeanzay": _plain, "generic": _plain, "pyxis": _pyxis,
-                                                     "local": _local}
+EXECUTORS: dict[str, Callable[..., run.Executor]] = {"jeanzay": _slurm_executor, "generic": _slurm_executor,
+                                                     "pyxis": _pyxis, "local": _local}
 
 
 def executor(site: Site, nodes: int, cpu_only: bool = False) -> run.Executor:

@@ -72,8 +72,6 @@ def nemo2_step(path: Path) -> int | None:
     newer megatron-core), else a ``step=N`` in the folder's name, else None."""
     weights = path / "weights"
     if (weights / "common.pt").is_file() or _has_common_state_object(weights):
-        from lucie_nemo import runtime
-
         runtime.prepare()  # before megatron-core is imported (quiet logs, CPU redirects)
         from megatron.core.dist_checkpointing.serialization import load_common_state_dict
 

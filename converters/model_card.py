@@ -31,6 +31,7 @@ class CardFacts:
 def model_card(phase: Phase, step: int, shape: LucieShape, progress: RunProgress) -> str:
     """README.md for ``phase`` at ``step``; ``training_progress`` counts the run's steps and tokens cumulatively,
     and the text says whether the run is the real Lucie-7B one or a scaled-down / other run."""
+    revision = phase.revision(step)
     header = {
         "license": "apache-2.0",
         "language": LANGUAGES,
@@ -41,9 +42,8 @@ def model_card(phase: Phase, step: int, shape: LucieShape, progress: RunProgress
             "num_tokens": progress.cumulative_tokens,
             "context_length": phase.seq_length,
         },
-        "revision": phase.revision(step),  # the run's own phase and step: what `lucie publish` names the branch
+        "revision": revision,  # the run's own phase and step: what `lucie publish` names the branch
     }
-    revision = phase.revision(step)
     run = ("A checkpoint of the Lucie-7B training run." if progress.lucie_run else
            "**Not Lucie-7B**: a checkpoint of a scaled-down (demo or test) or otherwise different run of the Lucie "
            "recipes; its steps and tokens are that run's own.")

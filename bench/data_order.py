@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path, PurePath
+
+import child_peak  # bench/child_peak.py, beside this script
 
 GIB = 2**30
 SIDES = ("megatron", "original")
@@ -57,14 +57,11 @@ def build(side: str, fraction: float) -> dict:
 
 
 def measure(side: str, fraction: float) -> dict:
-    """``build`` in a child process, with the child's peak RSS."""
-    child = subprocess.Popen([sys.executable, __file__, "--side", side, "--fraction", str(fraction)],
-                             stdout=subprocess.PIPE, text=True, env={**os.environ})
-    output = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    if status:
-        raise SystemExit(f"the {side} build failed (status {status})")
-    return json.loads(output.splitlines()[-1]) | {"peak_rss_gib": usage.ru_maxrss * 1024 / GIB}
+    """``build`` in a child process, with the child's peak RSS (bench/child_peak.py)."""
+    run = child_peak.measure([sys.executable, __file__, "--side", side, "--fraction", str(fraction)], capture=True)
+    if run.exit_code:
+        raise SystemExit(f"the {side} build failed (exit {run.exit_code})")
+    return json.loads(run.output.splitlines()[-1]) | {"peak_rss_gib": run.peak_rss / GIB}
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ serialization); a COMPLETE file, written last, marks a finished build that later
 
 Each export then runs in a fresh child process (Python imports included), after the checkpoint files
 have been read once to warm the page cache equally for both, timed, its RSS sampled every
-50 ms and its peak taken from the kernel (ru_maxrss). A child whose RSS passes --memory-cap (default:
+50 ms and its peak taken from the kernel for that process alone (bench/child_peak.py). A child whose RSS passes --memory-cap (default:
 available memory at start minus 1 GiB) is killed, and the RSS it reached is reported:
 
 - AutoBridge: ``AutoBridge.from_auto_config(ckpt, reference).export_ckpt(ckpt, out)``, Megatron-Bridge's
@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import child_peak  # bench/child_peak.py, beside this script
 from lucie_nemo.tokenizer import DEFAULT_TOKENIZER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,6 @@ SHARED_TOKENIZER = REPO.parent / "shared" / "lucie" / "tokenizer"  # this projec
 DEFAULT_WORKDIR = Path.home() / ".cache" / "lucie-nemo" / "bench-export"
 GIB = 2**30
 HEADROOM = 1 * GIB
-SAMPLE_SECONDS = 0.05
 COMPLETE = "COMPLETE"
 WEIGHT_STD = 0.02
 
@@ -225,17 +225,6 @@ class Run:
         return f"{self.name}: {self.seconds:.0f} s, {self.peak_rss / GIB:.2f} GiB"
 
 
-def rss_of(pid: int) -> int:
-    """Resident set size of ``pid`` in bytes (0 once it has exited)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
-
-
 def spawn(args: list[str], log: Path) -> int:
     """This script as a child with ``args``, its output to ``log``."""
     actions = [(os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
@@ -244,28 +233,19 @@ def spawn(args: list[str], log: Path) -> int:
 
 
 def measure(name: str, args: list[str], log: Path, cap: int) -> Run:
-    """Run a child to its end (or kill it past ``cap`` bytes of RSS); its wall time and peak RSS."""
-    start = time.monotonic()
-    pid = spawn(args, log)
-    sampled, failure = 0, None
-    while True:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
-        if done:
-            break
-        rss = rss_of(pid)
-        sampled = max(sampled, rss)
-        if rss > cap and failure is None:
-            os.kill(pid, signal.SIGKILL)
-            failure = f"killed by this bench at {rss / GIB:.2f} GiB RSS, over the memory cap of {cap / GIB:.2f} GiB"
-        time.sleep(SAMPLE_SECONDS)
-    seconds = time.monotonic() - start
-    peak = max(sampled, usage.ru_maxrss * 1024)
-    code = os.waitstatus_to_exitcode(status)
-    if failure is None and code < 0:
+    """Run this script as a child with ``args`` to its end (or kill it past ``cap`` bytes of RSS); its wall time and
+    peak RSS (bench/child_peak.py)."""
+    run = child_peak.measure([sys.executable, __file__, *args], log, cap)
+    peak, code = run.peak_rss, run.exit_code
+    failure = None
+    if run.killed_at is not None:
+        failure = (f"killed by this bench at {run.killed_at / GIB:.2f} GiB RSS, over the memory cap of "
+                   f"{cap / GIB:.2f} GiB")
+    elif code < 0:
         failure = f"killed by {signal.Signals(-code).name} at {peak / GIB:.2f} GiB RSS (the kernel's OOM killer?)"
-    elif failure is None and code > 0:
+    elif code > 0:
         failure = f"exited with code {code} at {peak / GIB:.2f} GiB RSS: {last_line(log)}"
-    return Run(name, seconds, peak, failure and f"{failure} (log: {log})")
+    return Run(name, run.seconds, peak, failure and f"{failure} (log: {log})")
 
 
 def last_line(log: Path) -> str:

@@ -7,7 +7,7 @@ FFN and heads divided, the vocabulary kept) for a quicker run.
 For each depth, a synthetic universal checkpoint in the released format is written under the work folder
 (tests/universal_fixture.py: fp32, exp_avg and exp_avg_sq of every parameter; 2 layers: 11 GB, 4 layers:
 15.7 GB), then each command runs in a fresh child process (imports included), its peak RSS taken from the
-kernel (wait4's ru_maxrss); outputs and the checkpoint are deleted before the next depth. The last lines
+kernel for that process alone (bench/child_peak.py); outputs and the checkpoint are deleted before the next depth. The last lines
 give the growth per layer and per added parameter, the extrapolation to Lucie-7B (linear in the parameter
 count), the ratio of the larger to the smaller depth's figures, and the streamed weights-only import's memory as a
 fraction of the in-memory one's:
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,21 +32,20 @@ from lucie_nemo.memory_estimate import total_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from child_peak import measure  # noqa: E402
+
 GIB = 2**30
 TOKENIZER = ROOT.parent / "shared" / "lucie" / "tokenizer"
 
 
 def run_child(command: list[str], log: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS GiB) of one child process; its output goes to ``log``."""
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
-        _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
+    """(wall seconds, peak RSS GiB) of one child process (bench/child_peak.py); its output goes to ``log``."""
+    run = measure(command, log, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    if run.exit_code != 0:
         raise SystemExit(f"{' '.join(command)} failed: see {log}")
-    return seconds, usage.ru_maxrss * 1024 / GIB
+    return run.seconds, run.peak_rss / GIB
 
 
 def shape_of(layers: int, divisor: int):

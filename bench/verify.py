@@ -5,19 +5,18 @@
 
 Exports the checkpoint with `lucie export` into a temporary folder beside it, runs `lucie verify` on the
 pair in a child process, prints its output, then its exit code, wall time and peak RSS (the kernel's
-figure for that child), and deletes the export.
+figure for that child alone, bench/child_peak.py), and deletes the export.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import child_peak  # bench/child_peak.py, beside this script
 from export import COMPLETE, DEFAULT_WORKDIR, GIB, cache_folder  # bench/export.py, beside this script
 
 
@@ -36,16 +35,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
         exported = Path(scratch) / "hf"
         subprocess.run([*lucie, "export", str(checkpoint), str(exported), "--phase", "pretrain"], check=True)
-        start = time.monotonic()
-        verify = subprocess.Popen([*lucie, "verify", str(checkpoint), str(exported), "--new-tokens",
-                                   str(args.new_tokens)], stdout=subprocess.PIPE, text=True)
-        output = verify.stdout.read()
-        _, status, usage = os.wait4(verify.pid, 0)  # this child's own peak RSS, not the export's
-        verify.returncode = os.waitstatus_to_exitcode(status)
-        seconds = time.monotonic() - start
-    print(output, end="")
-    print(f"lucie verify ({args.layers} layers): exit {verify.returncode}, {seconds:.0f} s, "
-          f"peak RSS {usage.ru_maxrss * 1024 / GIB:.2f} GiB")
+        verify = child_peak.measure([*lucie, "verify", str(checkpoint), str(exported), "--new-tokens",
+                                     str(args.new_tokens)], capture=True)  # this child's own peak RSS
+    print(verify.output, end="")
+    print(f"lucie verify ({args.layers} layers): exit {verify.exit_code}, {verify.seconds:.0f} s, "
+          f"peak RSS {verify.peak_rss / GIB:.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ in memory.
 
 It speaks Git LFS, not Xet storage: run the client with ``HF_HUB_DISABLE_XET=1`` (huggingface_hub reads it
 when imported). Requests need ``Authorization: Bearer TOKEN``; the token may write to ``namespaces`` only.
-Every request is recorded, with its answer's status.
+Every request is recorded, with its answer's status. Downloads honour ``Range: bytes=N-`` (206, as the Hub's
+storage does), and ``interrupt`` breaks the next download of a file after some bytes, as a lost connection or
+a killed client would see it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -65,6 +67,19 @@ class Request:
     method: str
     path: str
     status: int
+    range: str | None = None  # the Range header of a download
+
+
+@dataclass
+class Interruption:
+    """The next download of ``path`` stops after ``after`` bytes: the connection is closed there, at once or (``hold``)
+    once the test sets ``release``; ``reached`` is set when those bytes are sent."""
+
+    path: str
+    after: int
+    hold: bool
+    reached: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,7 @@ class Reply:
     body: dict | list = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     raw: bytes | None = None  # a file's content, sent instead of the JSON body
+    interruption: Interruption | None = None  # the file's download breaks off
 
 
 class HubError(Exception):
@@ -92,6 +108,7 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}
         self.requests: list[Request] = []
+        self.interruptions: list[Interruption] = []  # pending, each for one download
         self._announced: dict[str, int] = {}  # LFS oid -> size, from batch calls, until PUT
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -131,16 +148,32 @@ class FakeHub:
         repo.branches[branch] = commit.oid
         return commit
 
+    def interrupt(self, path: str, after: int, hold: bool = False) -> Interruption:
+        """Break the next download of file ``path`` (of any repository) after ``after`` bytes."""
+        interruption = Interruption(path, after, hold)
+        self.interruptions.append(interruption)
+        return interruption
+
     # ---------------------------------------------------------------- HTTP
 
     def answer(self, method: str, path: str, headers, body: bytes) -> Reply:
         """Route one request, check its token, apply it; record it with its status."""
         with self._lock:
+            wanted = None
             try:
                 reply = self._route(method, path, headers, body)
+                wanted = headers.get("Range") if reply.raw is not None else None
+                if wanted and reply.status == 200:
+                    reply = _partial(reply, wanted)
             except HubError as error:
                 reply = error.reply
-            self.requests.append(Request(method, unquote(path), reply.status))
+            if method == "GET" and reply.raw is not None:
+                file = unquote(path).split("/resolve/", 1)[-1].split("/", 1)[-1]
+                pending = next((i for i in self.interruptions if i.path == file), None)
+                if pending is not None:
+                    self.interruptions.remove(pending)
+                    reply = replace(reply, interruption=pending)
+            self.requests.append(Request(method, unquote(path), reply.status, wanted))
             return reply
 
     def _route(self, method: str, path: str, headers, body: bytes) -> Reply:
@@ -318,6 +351,19 @@ def _new_commit(title: str, tree: dict[str, StoredFile], paths: tuple[str, ...],
     return Commit(digest.hexdigest(), title, tree, paths)
 
 
+def _partial(reply: Reply, wanted: str) -> Reply:
+    """The part of a file ``Range: bytes=START-[END]`` asks for (206), or 416 past its end."""
+    match = re.fullmatch(r"bytes=(\d+)-(\d*)", wanted.strip())
+    if match is None:
+        raise HubError(400, f"the fake Hub reads ranges bytes=START-[END] only, not {wanted!r}")
+    size = len(reply.raw)
+    start, end = int(match[1]), int(match[2]) if match[2] else size - 1
+    if start >= size:
+        return Reply(416, headers={"Content-Range": f"bytes */{size}"})
+    headers = {**reply.headers, "Content-Range": f"bytes {start}-{min(end, size - 1)}/{size}"}
+    return Reply(206, headers=headers, raw=reply.raw[start:end + 1])
+
+
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def _serve(self) -> None:
@@ -330,8 +376,16 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(payload)
+            if self.command == "HEAD":
+                return
+            cut = reply.interruption
+            self.wfile.write(payload if cut is None else payload[:cut.after])
+            if cut is not None:  # the rest never comes: the connection ends short of its Content-Length
+                self.wfile.flush()
+                cut.reached.set()
+                if cut.hold:
+                    cut.release.wait(300)
+                self.close_connection = True
 
         do_GET = do_HEAD = do_POST = do_PUT = _serve
 

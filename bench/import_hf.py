@@ -4,14 +4,14 @@ Hugging Face folders of 2 and 4 full-width Lucie-7B layers (hidden 4,096, FFN 12
 heads, vocabulary 65,024), or narrower ones (``--width-divisor``).
 
 For each depth, a random bf16 folder is written under the work folder (converters/hf_writer.py, one shard per
-5 GB; 2 layers: 1.3 GB, 4 layers: 2.1 GB), then each import runs in a fresh child process, its peak RSS taken
+5 GB; 2 layers: 1.84 GB, 4 layers: 2.61 GB), then each import runs in a fresh child process, its peak RSS taken
 from the kernel for that process alone (bench/child_peak.py), and the two checkpoints are compared tensor for tensor (torch's own reader)
 before they are deleted. The last lines give, per import, the growth per layer and the ratio of the larger to the
 smaller depth, and the streamed import's memory as a fraction of the in-memory one's at each depth:
 
     .venv/bin/python bench/import_hf.py [--workdir DIR] [--layers 2 4] [--width-divisor 1]
 
-Disk: the folder of the largest depth plus two checkpoints of it (about 6.5 GB at 4 layers).
+Disk: the folder of the largest depth plus two checkpoints of it (about 8 GB at 4 layers).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,13 +18,15 @@ from lucie_nemo.schedule import PhaseSchedule
 PHASES = demo_phases()
 
 
-def _train(phase: str, root: Path, iterations: int, *overrides: str) -> None:
+def _train(phase: str, root: Path, iterations: int, *overrides: str) -> str:
+    """Train ``phase`` for ``iterations`` steps; its output."""
     command = [sys.executable, "-m", "lucie_nemo.cli", "train", phase, "--tiny", "--vocab-size", "512",
                "--output-root", str(root), f"train.train_iters={iterations}", *overrides]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ})
     # Megatron-Bridge exits 0 on some load failures, so also check that the last step was saved.
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert _latest_iteration(root / phase) == iterations, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
 
 
 def _scalars(run_dir: Path, tag: str) -> dict[int, float]:
@@ -50,6 +53,7 @@ class Runs:
     root: Path  # pretrain: 8 steps, then resumed to 10; extension: 3 steps from pretrain's weights, each saved
     first_rates: dict[int, float]  # the learning rates the first 8 steps logged
     straight: Path  # pretrain: 10 steps in one process
+    extension_output: str
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +62,9 @@ def runs(tmp_path_factory) -> Runs:
     _train("pretrain", root, 8)
     first = _scalars(root / "pretrain", "learning-rate")
     _train("pretrain", root, 10)
-    _train("extension", root, 3, "checkpoint.save_interval=1")
+    extension = _train("extension", root, 3, "checkpoint.save_interval=1")
     _train("pretrain", straight, 10)
-    return Runs(root, first, straight)
+    return Runs(root, first, straight, extension)
 
 
 def test_batch_rampup_and_lr_follow_the_sample_schedule(runs):
@@ -100,6 +104,12 @@ def test_a_resumed_run_is_bit_identical_to_a_straight_run(runs):
     assert sum(name.startswith("optimizer.state.exp_avg.") for name in resumed_tensors) == 9  # Adam's moments compared
     differing = [name for name in resumed_tensors if not torch.equal(resumed_tensors[name], straight_tensors[name])]
     assert differing == []
+
+
+def test_a_run_that_ends_on_a_save_interval_saves_its_last_iteration_once(runs):
+    """The extension's 3 steps, each a save interval: the last one's interval save is also its final save."""
+    saved = re.findall(r"saving checkpoint at iteration\s+(\d+)", runs.extension_output)
+    assert sorted(map(int, saved)) == [1, 2, 3], runs.extension_output[-3000:]
 
 
 def test_next_phase_starts_from_weights_only(runs):

@@ -43,12 +43,21 @@ def checkpoint_to_load(checkpoint_cfg) -> str | None:
 
 def require_initial_checkpoint(checkpoint_cfg, phase: str) -> None:
     """A phase that starts from another's checkpoint (``pretrained_checkpoint``) and has none of its own yet
-    needs that checkpoint: one error naming it, rather than Bridge's assertion deep in its config."""
+    needs that checkpoint: one error naming it, rather than Bridge's assertion deep in its config, or, for a
+    folder that is no checkpoint Bridge can load, Bridge silently starting from random weights."""
     initial = checkpoint_cfg.pretrained_checkpoint
-    if initial is None or checkpoint_to_load(checkpoint_cfg) != initial or Path(initial).exists():
+    if initial is None or checkpoint_to_load(checkpoint_cfg) != initial:
         return
-    raise UserError(f"phase {phase} starts from the checkpoint {initial}, which does not exist: train the phase "
-                    "before it first (its last checkpoint goes there), or set checkpoint.pretrained_checkpoint=PATH")
+    if not Path(initial).exists():
+        raise UserError(f"phase {phase} starts from the checkpoint {initial}, which does not exist: train the phase "
+                        "before it first (its last checkpoint goes there), or set checkpoint.pretrained_checkpoint=PATH")
+    if checkpoint_exists(initial) or is_hf_checkpoint_dir(initial):
+        return
+    inside = Path(initial) / "checkpoints"
+    hint = f" (a run folder? {inside} is a checkpoint)" if checkpoint_exists(str(inside)) else ""
+    raise UserError(f"phase {phase} starts from {initial}, which is not a checkpoint{hint}: Megatron-Bridge would "
+                    "ignore it and start from random weights. Give a checkpoints folder (with "
+                    "latest_checkpointed_iteration.txt), one of its iter_NNNNNNN folders, or a Hugging Face folder")
 
 
 def resumes_distributed_optimizer_state(checkpoint_cfg) -> bool:

@@ -126,3 +126,35 @@ def test_lucie_train_exits_non_zero_on_a_damaged_checkpoint(tmp_path, which):
     assert errors == [f"error: cannot load checkpoint {checkpoint}: {checkpoint / 'iter_0000003'} has no .metadata file: "
                       "the checkpoint is truncated or not torch_dist"]
     assert "Traceback" not in result.stderr
+
+
+def test_a_start_that_is_no_checkpoint_is_refused_where_bridge_would_start_from_random_weights(megatron_runtime,
+                                                                                              tmp_path):
+    """Megatron-Bridge loads ``pretrained_checkpoint`` only when it looks like a checkpoint, and silently trains
+    from random weights otherwise (an empty folder, a run folder instead of its checkpoints/)."""
+    from megatron.bridge.training.config import CheckpointConfig
+
+    from lucie_nemo.checkpoint_load import require_initial_checkpoint
+    from lucie_nemo.errors import UserError
+
+    def start(path: Path) -> None:
+        own = tmp_path / "runs" / "extension" / "checkpoints"
+        require_initial_checkpoint(CheckpointConfig(load=str(own), pretrained_checkpoint=str(path)), "extension")
+
+    run = tmp_path / "runs" / "pretrain"
+    root = write_checkpoint(run / "checkpoints")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"")
+    for good in (root, root / "iter_0000003", hf):
+        start(good)
+    with pytest.raises(UserError, match=rf"^phase extension starts from {run}, which is not a checkpoint \(a run "
+                                        rf"folder\? {root} is a checkpoint\): Megatron-Bridge would ignore it"):
+        start(run)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"which is not a checkpoint: Megatron-Bridge would ignore it and start from "
+                                        r"random weights. Give a checkpoints folder"):
+        start(tmp_path / "empty")
+    with pytest.raises(UserError, match=r"starts from the checkpoint .*/missing, which does not exist: train the phase"):
+        start(tmp_path / "missing")

@@ -211,6 +211,34 @@ def test_submission_chains_phases_afterok(site_config, tmp_path, monkeypatch, me
     assert "log-lucie-anneal_103_0.out" in result.stdout
 
 
+def test_a_phase_submitted_alone_needs_its_start_checkpoint_now(site_config, tmp_path, monkeypatch,
+                                                                megatron_runtime):
+    """`lucie launch extension` alone: refused before submission while pretrain's checkpoint is missing (in
+    `all`, pretrain's job writes it first); submitted once it is there; a dry run renders it either way."""
+    from test_checkpoint_load import write_checkpoint
+
+    bin_dir, calls = tmp_path / "bin", tmp_path / "sbatch_calls"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/bash\necho "$*" >> {calls}\necho 101\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{Path('/usr/bin')}:{Path('/bin')}")
+    runs = tmp_path / "runs"
+    launch = ("extension", "--cluster", "jz", "--site-config", str(site_config), "--output-root", str(runs))
+
+    result = invoke(*launch)
+    assert result.exit_code == 2 and not calls.exists(), result.output
+    assert result.output.strip().splitlines() == [
+        f"error: phase extension starts from the checkpoint {runs / 'pretrain' / 'checkpoints'}, which does not "
+        "exist: train the phase before it first (its last checkpoint goes there), or set "
+        "checkpoint.pretrained_checkpoint=PATH"]
+    assert invoke(*launch, "--dry-run").exit_code == 0
+
+    write_checkpoint(runs / "pretrain" / "checkpoints")
+    result = invoke(*launch)
+    assert result.exit_code == 0, result.output
+    assert len(calls.read_text().splitlines()) == 1 and "extension: Slurm job 101" in result.stdout
+
+
 def test_layout_is_validated_before_anything_is_rendered(site_config, tmp_path, megatron_runtime):
     result = invoke("pretrain", "--cluster", "jz", "--site-config", str(site_config), "--nodes", "3", "--dry-run",
                     "--layout", "original")

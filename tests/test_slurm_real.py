@@ -9,7 +9,8 @@ records, the allocation logs, the checkpoints.
   previous phase's last checkpoint;
 - sigterm: `scancel --signal=TERM` to the steps mid-run, far from any periodic save;
 - timed: a 5-minute walltime whose timed stop (after 1 minute of training) comes first;
-- crash: a phase that fails at start-up on every attempt (its initial checkpoint is missing);
+- crash: a phase that fails at start-up on every attempt (its initial checkpoint is truncated: its tracker names
+  an iteration whose folder is missing; a missing one is refused at submission);
 - data: `lucie data build pretrain --cluster` of two prefixes of the miniature public dataset (fake Hub).
 """
 
@@ -117,13 +118,17 @@ def scenarios(slurm, tmp_path_factory, dataset_hub_for_jobs) -> dict[str, Scenar
                                 for name, (walltime, margin, retries) in tables.items()))
     env = slurm.env | {"XDG_CONFIG_HOME": str(root / "xdg"), "LUCIE_CACHE": str(root / "cache")}
     site = ["--site-config", str(config)]
+    truncated = root / "truncated" / "checkpoints"
+    truncated.mkdir(parents=True)
+    (truncated / "latest_checkpointed_iteration.txt").write_text("5")
     commands = {
         "chain": ["launch", "all", "--tiny", "--cluster", "chain", *site, f"train.train_iters={CHAIN_ITERATIONS}"],
         "sigterm": ["launch", "pretrain", "--tiny", "--cluster", "sigterm", *site,
                     f"train.train_iters={SIGTERM_ITERATIONS}", NO_PERIODIC_SAVE],
         "timed": ["launch", "pretrain", "--tiny", "--cluster", "timed", *site,
                   f"train.train_iters={TIMED_ITERATIONS}", NO_PERIODIC_SAVE],
-        "crash": ["launch", "extension", "--tiny", "--cluster", "crash", *site],
+        "crash": ["launch", "extension", "--tiny", "--cluster", "crash", *site,
+                  f"checkpoint.pretrained_checkpoint={truncated}"],
         "data": ["data", "build", "pretrain", "--data-root", str(root / "data" / "datasets"), "--tokenizer",
                  str(TOKENIZER), "--endpoint", dataset_hub_for_jobs.url, "--workers", "1", "--cluster", "data",
                  *site, "--task-gb", "0.000001", *(f"--only={prefix}" for prefix in DATA_PREFIXES)],
@@ -228,8 +233,10 @@ def test_a_crash_loop_is_retried_max_retries_times_then_the_job_fails(slurm, sce
     batch = _batch_log(run, "extension")
     assert "lucie: stopped at iteration 0 of " in batch  # the first failure: requeued
     assert "lucie: giving up: 2 attempts in a row without a new checkpoint" in batch
+    truncated = run.root.parent / "truncated" / "checkpoints"
     for restart in (0, 1):
-        assert "error: phase extension starts from the checkpoint" in run.allocation_log("extension", restart)
+        log = run.allocation_log("extension", restart)
+        assert f"error: cannot load checkpoint {truncated}: " in log and "names iter_0000005, which is missing" in log
 
 
 def test_data_build_runs_as_jobs_then_the_blend_job_writes_and_checks_the_blend(slurm, scenarios):

@@ -38,9 +38,11 @@ def keep_stdout_for_results() -> None:
 
 
 def training_jobs(site, profile, phase_name: str, *, nodes: int | None, precision: str, tiny: bool,
-                  overrides: list[str], layout: str = "fast", blend_file: str | None = None):
+                  overrides: list[str], layout: str = "fast", blend_file: str | None = None,
+                  require_start: bool = False):
     """The `lucie train` command of each leg of one phase on ``site`` (one leg, or the rampup and main
-    legs of phase 1 under ``fast``), each recipe validated for that allocation."""
+    legs of phase 1 under ``fast``), each recipe validated for that allocation; with ``require_start``, the
+    checkpoint the phase starts from must be there already (a submission that nothing before it writes)."""
     from cluster.experiment import TrainingJob
     from cluster.requeue import exit_duration_minutes
     from lucie_nemo import runtime
@@ -70,6 +72,10 @@ def training_jobs(site, profile, phase_name: str, *, nodes: int | None, precisio
         cfg, batch_sizes = build_leg_config(phase.name, overrides=generated + overrides, tiny=tiny, layout=layout,
                                             **leg_option, **options)
         checked = validate_config(cfg, nodes * gpus, batch_sizes=batch_sizes)
+        if require_start and leg is legs[0]:
+            from lucie_nemo.checkpoint_load import require_initial_checkpoint  # Megatron: after runtime.prepare()
+
+            require_initial_checkpoint(cfg.checkpoint, phase.name)
         model = cfg.model
         described = (f"TP{model.tensor_model_parallel_size} PP{model.pipeline_model_parallel_size} "
                      f"CP{model.context_parallel_size} DP{checked.data_parallel_size}")
@@ -139,12 +145,15 @@ def launch(
         names = list(PHASES) if phase == ALL else [get_phase(phase).name]
         if blend_file is not None and phase == ALL:
             raise UserError("--blend-file is one phase's blend: launch the phases one at a time to give each its own")
+        # Submitted alone, a phase starts from a checkpoint that must exist now (in a chain, the phase before
+        # it writes it); a dry run renders scripts anywhere.
         jobs = [
             job
-            for name in names
+            for index, name in enumerate(names)
             for job in training_jobs(site, profile, name, nodes=nodes, precision=precision, tiny=tiny,
                                      overrides=overrides or [], layout=layout,
-                                     blend_file=str(blend_file.absolute()) if blend_file else None)
+                                     blend_file=str(blend_file.absolute()) if blend_file else None,
+                                     require_start=not dry_run and index == 0)
         ]
         title = f"lucie-{phase}"
         if dry_run:

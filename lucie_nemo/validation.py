@@ -67,13 +67,12 @@ def _world_size(world_size: int):
             os.environ["WORLD_SIZE"] = previous
 
 
-def validate_config(cfg, world_size: int, *, require_initial_checkpoint: bool = False,
-                    batch_sizes: list[int] | None = None):
+def validate_config(cfg, world_size: int, *, batch_sizes: list[int] | None = None):
     """Our layout checks, then Megatron-Bridge's runtime finalisation and validation on a copy
     (as it would run on ``world_size`` GPUs). Returns the validated copy.
 
-    The previous phase's checkpoint need not exist yet (a chained submission validates all
-    phases up front) unless ``require_initial_checkpoint``."""
+    The checkpoint the phase starts from need not exist yet (a chained submission validates all
+    phases up front): checkpoint_load.require_initial_checkpoint checks it where it must."""
     from megatron.bridge.training.config import runtime_config_update
 
     check_layout(cfg, world_size, batch_sizes)
@@ -82,8 +81,7 @@ def validate_config(cfg, world_size: int, *, require_initial_checkpoint: bool = 
         # Fusions that only exist in Transformer Engine fail Megatron's checks here; they are
         # validated on the GPU side. Everything else is checked as on the cluster.
         candidate.model.apply_rope_fusion = False
-    if not require_initial_checkpoint:
-        candidate.checkpoint.pretrained_checkpoint = None
+    candidate.checkpoint.pretrained_checkpoint = None
     with _world_size(world_size):
         try:
             runtime_config_update(candidate)

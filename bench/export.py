@@ -9,8 +9,9 @@ serialization); a COMPLETE file, written last, marks a finished build that later
 
 Each export then runs in a fresh child process (Python imports included), after the checkpoint files
 have been read once to warm the page cache equally for both, timed, its RSS sampled every
-50 ms and its peak taken from the kernel for that process alone (bench/child_peak.py). A child whose RSS passes --memory-cap (default:
-available memory at start minus 1 GiB) is killed, and the RSS it reached is reported:
+50 ms and its peak taken from the kernel for that process alone (bench/child_peak.py). A child
+whose RSS passes --memory-cap (default: available memory at start minus 1 GiB) is killed, and the
+RSS it reached is reported:
 
 - AutoBridge: ``AutoBridge.from_auto_config(ckpt, reference).export_ckpt(ckpt, out)``, Megatron-Bridge's
   documented export (examples/conversion/convert_checkpoints.py), on CPU through lucie_nemo.runtime;

@@ -5,8 +5,8 @@ heads, vocabulary 65,024), or narrower ones (``--width-divisor``).
 
 For each depth, a random bf16 folder is written under the work folder (converters/hf_writer.py, one shard per
 5 GB; 2 layers: 1.84 GB, 4 layers: 2.61 GB), then each import runs in a fresh child process, its peak RSS taken
-from the kernel for that process alone (bench/child_peak.py), and the two checkpoints are compared tensor for tensor (torch's own reader)
-before they are deleted. The last lines give, per import, the growth per layer and the ratio of the larger to the
+from the kernel for that process alone (bench/child_peak.py), and the two checkpoints are compared tensor for
+tensor (torch's own reader) before they are deleted. The last lines give, per import, the growth per layer and the ratio of the larger to the
 smaller depth, and the streamed import's memory as a fraction of the in-memory one's at each depth:
 
     .venv/bin/python bench/import_hf.py [--workdir DIR] [--layers 2 4] [--width-divisor 1]

@@ -7,10 +7,10 @@ FFN and heads divided, the vocabulary kept) for a quicker run.
 For each depth, a synthetic universal checkpoint in the released format is written under the work folder
 (tests/universal_fixture.py: fp32, exp_avg and exp_avg_sq of every parameter; 2 layers: 11 GB, 4 layers:
 15.7 GB), then each command runs in a fresh child process (imports included), its peak RSS taken from the
-kernel for that process alone (bench/child_peak.py); outputs and the checkpoint are deleted before the next depth. The last lines
-give the growth per layer and per added parameter, the extrapolation to Lucie-7B (linear in the parameter
-count), the ratio of the larger to the smaller depth's figures, and the streamed weights-only import's memory as a
-fraction of the in-memory one's:
+kernel for that process alone (bench/child_peak.py); outputs and the checkpoint are deleted before the next
+depth. The last lines give the growth per layer and per added parameter, the extrapolation to Lucie-7B (linear
+in the parameter count), the ratio of the larger to the smaller depth's figures, and the streamed weights-only
+import's memory as a fraction of the in-memory one's:
 
     .venv/bin/python bench/import_universal.py [--workdir DIR] [--layers 2 4] [--width-divisor 1]
         [--commands import "import --weights-only" "in-memory --weights-only" export]

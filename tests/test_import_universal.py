@@ -239,3 +239,15 @@ def test_full_import_writes_the_run_of_phase_1_at_its_iteration(universal, tmp_p
     saved = read_global(folder, [name, "embedding.word_embeddings.weight"])
     reference = torch.load(universal / "zero" / "1.word_embeddings.weight" / "exp_avg.pt", weights_only=True)["param"]
     assert torch.equal(saved[name], reference)
+
+
+def test_a_lucie_7b_branch_holds_681_tensor_files_the_largest_1_07_gb():
+    """What docs/converters.md says a kill can lose: a branch's files are fp32.pt, exp_avg.pt and exp_avg_sq.pt for
+    each of Lucie-7B's universal parameters; the largest are the fp32 embedding and output layer."""
+    import math
+
+    from converters.universal.checkpoint import parameter_names
+    from lucie_nemo.architecture import LUCIE_7B
+
+    assert 3 * len(parameter_names(LUCIE_7B.num_layers)) == 681  # 227 parameters
+    assert math.prod((LUCIE_7B.vocab_size, LUCIE_7B.hidden_size)) * 4 == 1_065_353_216

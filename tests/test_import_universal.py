@@ -196,14 +196,17 @@ def test_bad_universal_checkpoints_are_one_error_line_and_nothing_written(univer
 
 
 def test_import_from_a_hub_revision_downloads_it_first(universal, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     from fake_hub import FakeHub
 
     files = {str(path.relative_to(universal)): path.read_bytes() for path in universal.rglob("*") if path.is_file()}
-    files["README.md"] = str(tmp_path).encode()  # a commit of its own: huggingface_hub's cache may hold earlier ones
     with FakeHub() as hub:
         hub.seed("OpenLLM-France/Lucie-tiny-optimizer-states", "step0000003", files)
         monkeypatch.setenv("HF_TOKEN", hub.token)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+        # a cache of its own (huggingface_hub reads HF_HOME once, when imported): the user's is left alone, and
+        # a run of this test never finds an earlier run's snapshot there
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
         monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         app, repo = _app(), "OpenLLM-France/Lucie-tiny-optimizer-states"
         missing = CliRunner().invoke(app, ["import", repo, str(tmp_path / "ckpt"), "--weights-only", "--endpoint", hub.url,
@@ -214,7 +217,7 @@ def test_import_from_a_hub_revision_downloads_it_first(universal, tmp_path, monk
     assert result.exit_code == 0, result.output
     assert "iteration 3's weights" in result.output
     fetched = {r.path.rsplit("/resolve/", 1)[1].split("/", 1)[1] for r in hub.requests if "/resolve/" in r.path}
-    assert fetched == set(files)  # every file of the branch (a blob already in the cache is only checked)
+    assert fetched == set(files)  # every file of the branch
     embedding = read_global(tmp_path / "ckpt" / "iter_0000000", ["embedding.word_embeddings.weight"])
     reference = torch.load(universal / "zero" / "1.word_embeddings.weight" / "fp32.pt", weights_only=True)["param"]
     assert torch.equal(embedding["embedding.word_embeddings.weight"], reference.bfloat16())
